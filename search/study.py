@@ -1,0 +1,101 @@
+"""StudyConfig: what a study searches, on which device, under which budget; YAML in, validated.
+
+Every field can also be given as a CLI flag, and a flag overrides the file. Paths are
+relative to the current directory, as in Ultralytics. `data: embedded` means the
+generated digits data set at the baseline's image size and seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import yaml
+
+from evaluators.exceptions import UserError
+from evaluators.offline import squeezefit_home
+
+OBJECTIVES = ("map50_95", "latency_ms", "size_mb")
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study's settings. Latency in ms, fractions in (0, 1], times in minutes."""
+
+    name: str = "default"
+    model: str = "studies/baseline/yolo11n-digits.pt"
+    data: str = "embedded"
+    imgsz: int = 192
+    device: str = "ort-cpu"
+    budget_ms: float | None = None
+    budget_fraction: float | None = None
+    objectives: tuple[str, ...] = ("map50_95", "latency_ms")
+    sampler: str = "tpe"
+    trials: int = 16
+    time_limit_min: float | None = None
+    finetune_epochs: int = 3
+    train_images: int | None = None
+    val_images: int | None = None
+    calibration_images: int = 128
+    concurrency: int = 1
+    storage: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+        problems = []
+        if self.budget_ms is not None and self.budget_ms <= 0:
+            problems.append(f"budget_ms must be positive, got {self.budget_ms}")
+        if self.budget_fraction is not None and not 0 < self.budget_fraction <= 1:
+            problems.append(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+        if bad := [o for o in self.objectives if o not in OBJECTIVES]:
+            problems.append(f"unknown objective {bad[0]!r} (choose from {', '.join(OBJECTIVES)})")
+        if self.objectives[:2] != ("map50_95", "latency_ms"):
+            problems.append("objectives must start with map50_95 and latency_ms")
+        if self.sampler not in SAMPLERS:
+            problems.append(f"unknown sampler {self.sampler!r} (choose from {', '.join(SAMPLERS)})")
+        if self.trials < 1 or self.concurrency < 1 or self.finetune_epochs < 0:
+            problems.append("trials and concurrency must be at least 1 and finetune_epochs at least 0")
+        if not 32 <= self.imgsz <= 2048 or self.imgsz % 32:
+            problems.append(f"imgsz must be a multiple of 32 between 32 and 2048, got {self.imgsz}")
+        if problems:
+            raise UserError(f"invalid study config: {problems[0]}.")
+
+    @classmethod
+    def from_yaml(cls, path: Path, **overrides) -> "StudyConfig":
+        """Read a study file; `overrides` (None values ignored) win over the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"study config {path} does not exist.")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"study config {path} is not valid YAML ({str(exc).splitlines()[0]}).") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"study config {path} must be a mapping of settings.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise UserError(f"study config {path} has an unknown setting {unknown[0]!r}.")
+        raw.setdefault("name", path.stem)
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**raw)
+        except TypeError as exc:
+            raise UserError(f"study config {path} is malformed: {exc}.") from None
+
+    def with_overrides(self, **overrides) -> "StudyConfig":
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def storage_url(self) -> str:
+        """The Optuna storage URL: as given, or a SQLite file under studies/ in the squeezefit home."""
+        if self.storage:
+            return self.storage
+        return f"sqlite:///{squeezefit_home() / 'studies' / 'studies.db'}"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["objectives"] = list(self.objectives)
+        return data
