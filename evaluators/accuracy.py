@@ -1,0 +1,139 @@
+"""mAP of a deployable artifact, measured on the runtime that will run it.
+
+`measure_accuracy` validates the ONNX file itself — not a fake-quantized PyTorch stand-in —
+through Ultralytics' validator, so the numbers match what a user sees from `yolo val`.
+With `runtime="openvino"` the same ONNX is converted to OpenVINO IR (beside it, in a
+`*_openvino_model/` directory with Ultralytics' metadata) and validated by OpenVINO.
+
+Fidelity knob: `max_images` validates on the first N images of the split (sorted by file
+name), which is a fixed subset, so two artifacts compared at the same N see the same
+images; the full split is the default.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from evaluators.exceptions import UserError
+from evaluators.offline import VAL_DEFAULTS, ensure_offline, runs_dir
+
+ensure_offline()
+
+RUNTIMES = ("onnxruntime", "openvino")
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass(frozen=True)
+class AccuracyMeasurement:
+    """Detection accuracy of one artifact on one split; mAPs, precision, recall in [0, 1]."""
+
+    map50_95: float
+    map50: float
+    precision: float
+    recall: float
+    images: int
+    split: str
+    runtime: str
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_images(data_yaml: Path, split: str) -> tuple[dict, list[Path]]:
+    """The data YAML's contents and the image files of `split`, sorted by name."""
+    try:
+        data = yaml.safe_load(Path(data_yaml).read_text())
+    except (OSError, yaml.YAMLError):
+        raise UserError(f"data set file {data_yaml} cannot be read as YAML.") from None
+    if not isinstance(data, dict) or split not in data:
+        raise UserError(f"data set file {data_yaml} has no {split!r} split.")
+    root = Path(data.get("path") or Path(data_yaml).parent)
+    entry = Path(data[split]) if Path(data[split]).is_absolute() else root / data[split]
+    if entry.is_dir():
+        images = sorted(p for p in entry.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    elif entry.suffix == ".txt" and entry.is_file():
+        images = [Path(line.strip()) for line in entry.read_text().splitlines() if line.strip()]
+    else:
+        raise UserError(f"the {split!r} split of {data_yaml} points to {entry}, which does not exist.")
+    return data, images
+
+
+def subset_data_yaml(data_yaml: Path, split: str, max_images: int, workdir: Path) -> Path:
+    """A data YAML (written in `workdir`) whose `split` lists only the first `max_images` images, sorted by name."""
+    data, images = split_images(data_yaml, split)
+    listing = workdir / f"{split}-first{max_images}.txt"
+    listing.write_text("".join(f"{p.resolve()}\n" for p in images[:max_images]))
+    subset = dict(data, path=str(Path(data.get("path") or Path(data_yaml).parent).resolve()), **{split: str(listing)})
+    subset.pop("download", None)
+    out = workdir / f"data-{split}-first{max_images}.yaml"
+    out.write_text(yaml.safe_dump(subset, sort_keys=False))
+    return out
+
+
+def openvino_model_dir(onnx_path: Path) -> Path:
+    """Convert an ONNX artifact to OpenVINO IR with Ultralytics' metadata beside it (reused if present)."""
+    import openvino as ov
+    from ultralytics.nn.backends.base import BaseBackend
+
+    out = onnx_path.with_name(f"{onnx_path.stem}_openvino_model")
+    xml = out / f"{onnx_path.stem}.xml"
+    if not xml.is_file() or xml.stat().st_mtime < onnx_path.stat().st_mtime:
+        out.mkdir(exist_ok=True)
+        ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+        (out / "metadata.yaml").write_text(yaml.safe_dump(BaseBackend.read_metadata(onnx_path), sort_keys=False))
+    return out
+
+
+def measure_accuracy(
+    artifact: Path,
+    data_yaml: Path,
+    *,
+    split: str = "val",
+    imgsz: int | None = None,
+    runtime: str = "onnxruntime",
+    max_images: int | None = None,
+    workdir: Path | None = None,
+) -> AccuracyMeasurement:
+    """Validate the ONNX `artifact` on `split` of `data_yaml` with `runtime`; never trains.
+
+    `imgsz` defaults to the artifact's own (its metadata). `workdir` receives the subset
+    listing and the validator's output (default: the runs directory).
+    """
+    from ultralytics import YOLO
+
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise UserError(f"artifact {artifact} does not exist.")
+    if runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}.")
+    workdir = Path(workdir or runs_dir() / "accuracy")
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_yaml = Path(data_yaml)
+    if max_images:
+        data_yaml = subset_data_yaml(data_yaml, split, max_images, workdir)
+    _, images = split_images(data_yaml, split)
+    model_path = openvino_model_dir(artifact) if runtime == "openvino" else artifact
+    start = time.perf_counter()
+    try:
+        model = YOLO(str(model_path), task="detect")
+    except Exception as exc:  # an unreadable model file is the user's input, not our bug
+        raise UserError(f"artifact {artifact} cannot be loaded as a detector ({type(exc).__name__}).") from None
+    kwargs = {"imgsz": imgsz} if imgsz else {}
+    metrics = model.val(
+        data=str(data_yaml), split=split, batch=1, device="cpu", workers=0, project=str(workdir), name="val", exist_ok=True, **kwargs, **VAL_DEFAULTS
+    )
+    return AccuracyMeasurement(
+        map50_95=float(metrics.box.map),
+        map50=float(metrics.box.map50),
+        precision=float(metrics.box.mp),
+        recall=float(metrics.box.mr),
+        images=len(images),
+        split=split,
+        runtime=runtime,
+        seconds=time.perf_counter() - start,
+    )
