@@ -1,0 +1,175 @@
+"""The distillation knob: recovery fine-tuning of a pruned student, and its search range.
+
+`finetune` trains the given (pruned) DetectionModel with Ultralytics' own trainer — the
+same losses, augmentation and validator a user gets from `yolo train` — and, when
+distillation is on, Ultralytics' built-in feature distillation: an L2 loss between the
+student's and the teacher's Detect inputs through 1x1 projectors, weighted by `weight`
+(Ultralytics' `dis`), so a narrow pruned student learns from the unpruned teacher.
+
+Recovery fine-tuning differs from training from scratch in three defaults: no warm-up
+(a warm-up restarts from a high bias learning rate and undoes the trained weights), no
+mosaic (short runs on the real image distribution), and AdamW with a small learning rate.
+After every epoch the student's mAP50-95 on the validation split (PyTorch, not the
+artifact) goes to `on_epoch`; returning True stops training there, which is how a search
+gives up on a trial that cannot reach the front. Raising from `on_epoch` propagates.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from evaluators.accuracy import subset_data_yaml
+from evaluators.exceptions import UserError
+from evaluators.offline import TRAIN_DEFAULTS, ensure_offline, runs_dir
+
+ensure_offline()
+
+from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
+
+# Search ranges, next to the knob they act on.
+WEIGHT_RANGE = (0.5, 12.0)  # Ultralytics' `dis`; its default is 6.0
+LR_RANGE = (1e-4, 3e-3)  # AdamW lr0
+
+
+@dataclass(frozen=True)
+class DistillationSettings:
+    """How a pruned student is fine-tuned. `epochs` 0 means no fine-tuning at all.
+
+    enabled: distil from `teacher` (a checkpoint path; None = the study's baseline).
+    weight: distillation loss weight (Ultralytics `dis`), > 0.
+    lr0: AdamW initial learning rate, decayed linearly to lr0 * 0.1.
+    """
+
+    enabled: bool = True
+    weight: float = 6.0
+    epochs: int = 3
+    lr0: float = 1e-3
+    teacher: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.weight <= 0 or self.lr0 <= 0:
+            raise UserError(f"distillation needs epochs >= 0, weight > 0 and lr0 > 0, got {self}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """The fine-tuned student (FP32, eval mode) and what training saw."""
+
+    model: torch.nn.Module
+    epoch_maps: tuple[float, ...]  # val mAP50-95 of the student after each epoch (PyTorch)
+    weights: Path | None  # Ultralytics' best.pt of the run (pickled module, FP16)
+    stopped_early: bool
+    seconds: float
+
+
+class _GivenModelTrainer(DetectionTrainer):
+    """A DetectionTrainer that trains the module it is handed instead of building one from YAML."""
+
+    given_model: torch.nn.Module
+
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        return self.given_model  # `model` in the args is only a name; nothing is built from it
+
+
+def suggest_distillation(trial, *, max_epochs: int, teachers: Sequence[str | None] = (None,)) -> DistillationSettings:
+    """Sample distillation settings with Optuna define-by-run (parameter names `distill.*`).
+
+    `distill.epochs` is in [0, max_epochs]; 0 means no fine-tune at all (and no other
+    `distill.*` parameter is asked), which is right for an unpruned policy.
+    """
+    epochs = trial.suggest_int("distill.epochs", 0, max_epochs)
+    if epochs == 0:
+        return DistillationSettings(enabled=False, epochs=0)
+    enabled = trial.suggest_categorical("distill.enabled", [True, False])
+    weight = trial.suggest_float("distill.weight", *WEIGHT_RANGE, log=True) if enabled else 6.0
+    teacher = trial.suggest_categorical("distill.teacher", list(teachers)) if enabled and len(teachers) > 1 else teachers[0]
+    lr0 = trial.suggest_float("distill.lr0", *LR_RANGE, log=True)
+    return DistillationSettings(enabled=enabled, weight=weight, epochs=epochs, lr0=lr0, teacher=teacher)
+
+
+def finetune(
+    student: torch.nn.Module,
+    teacher: str | Path | None,
+    settings: DistillationSettings,
+    data_yaml: Path,
+    *,
+    imgsz: int,
+    train_images: int | None = None,
+    val_images: int | None = None,
+    batch: int = 16,
+    seed: int = 0,
+    workdir: Path | None = None,
+    on_epoch: Callable[[int, float], bool | None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune a copy of `student` on `data_yaml`; the input module is not modified.
+
+    `teacher` is a checkpoint path (used when `settings.enabled`; `settings.teacher`
+    overrides it). `train_images` / `val_images` train and validate on the first N images
+    of each split (a fidelity knob). Progress is one line per epoch on stdout.
+    """
+    start = time.perf_counter()
+    model = copy.deepcopy(student).float()
+    if settings.epochs == 0:
+        return FinetuneResult(model.eval(), (), None, False, time.perf_counter() - start)
+    teacher = settings.teacher or teacher
+    if settings.enabled and (teacher is None or not Path(teacher).is_file()):
+        raise UserError(f"distillation needs a teacher checkpoint, and {teacher!r} is not a file.")
+
+    workdir = Path(workdir or runs_dir() / "finetune")
+    workdir.mkdir(parents=True, exist_ok=True)
+    if train_images:
+        data_yaml = subset_data_yaml(data_yaml, "train", train_images, workdir)
+    if val_images:
+        data_yaml = subset_data_yaml(data_yaml, "val", val_images, workdir)
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+    args = dict(
+        TRAIN_DEFAULTS, model="given-student.yaml", data=str(data_yaml), imgsz=imgsz, epochs=settings.epochs, batch=batch, seed=seed,
+        device="cpu", workers=0, optimizer="AdamW", lr0=settings.lr0, lrf=0.1, warmup_epochs=0,
+        close_mosaic=settings.epochs, patience=settings.epochs + 1, pretrained=False, val=True,
+        project=str(workdir), name="train", exist_ok=True, save=True,
+        distill_model=str(teacher) if settings.enabled else None, dis=settings.weight,
+    )  # fmt: skip
+    trainer = _GivenModelTrainer(overrides=args)
+    trainer.given_model = model
+    epoch_maps: list[float] = []
+    stopped = False
+
+    def report(tr) -> None:
+        nonlocal stopped
+        if stopped or len(epoch_maps) >= settings.epochs:  # Ultralytics calls once more for its final validation
+            return
+        value = float(tr.metrics.get("metrics/mAP50-95(B)", 0.0))
+        epoch_maps.append(value)
+        print(f"    fine-tune epoch {len(epoch_maps)}/{settings.epochs}: val mAP50-95 {value:.4f}", flush=True)
+        if on_epoch is not None and on_epoch(len(epoch_maps), value) and len(epoch_maps) < settings.epochs:
+            tr.stop = stopped = True
+
+    trainer.add_callback("on_fit_epoch_end", report)
+    trainer.train()
+    tuned = _best_student(trainer)
+    return FinetuneResult(tuned, tuple(epoch_maps), Path(trainer.best) if Path(trainer.best).is_file() else None, stopped, time.perf_counter() - start)
+
+
+def _best_student(trainer: DetectionTrainer) -> torch.nn.Module:
+    """The best epoch's student in FP32: Ultralytics keeps it (EMA weights, FP16) in best.pt."""
+    best = Path(trainer.best)
+    if best.is_file():
+        ckpt = torch.load(best, map_location="cpu", weights_only=False)
+        model = ckpt.get("ema") or ckpt["model"]
+    else:
+        model = trainer.ema.ema if trainer.ema else trainer.model
+    model = unwrap_model(model)
+    model = getattr(model, "student_model", model)
+    return model.float().eval()
