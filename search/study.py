@@ -21,7 +21,12 @@ SAMPLERS = ("tpe", "nsga2", "random")
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """A study's settings. Latency in ms, fractions in (0, 1], times in minutes."""
+    """A study's settings. Latency in ms, fractions in (0, 1], times in minutes.
+
+    latency_min_seconds: the timing floor of every latency measurement (the protocol also
+    needs at least 30 timed runs); train_images / val_images: fine-tune and validate on the
+    first N images of each split (None: all), the study's fidelity knobs.
+    """
 
     name: str = "default"
     model: str = "studies/baseline/yolo11n-digits.pt"
@@ -38,6 +43,7 @@ class StudyConfig:
     train_images: int | None = None
     val_images: int | None = None
     calibration_images: int = 128
+    latency_min_seconds: float = 2.0
     concurrency: int = 1
     storage: str | None = None
     seed: int = 0
@@ -55,6 +61,8 @@ class StudyConfig:
             problems.append("objectives must start with map50_95 and latency_ms")
         if self.sampler not in SAMPLERS:
             problems.append(f"unknown sampler {self.sampler!r} (choose from {', '.join(SAMPLERS)})")
+        if self.latency_min_seconds <= 0:
+            problems.append(f"latency_min_seconds must be positive, got {self.latency_min_seconds}")
         if self.trials < 1 or self.concurrency < 1 or self.finetune_epochs < 0:
             problems.append("trials and concurrency must be at least 1 and finetune_epochs at least 0")
         if not 32 <= self.imgsz <= 2048 or self.imgsz % 32:
@@ -99,3 +107,41 @@ class StudyConfig:
         data = asdict(self)
         data["objectives"] = list(self.objectives)
         return data
+
+
+# --- storage: one Optuna study per squeezefit study ----------------------------------------
+
+STUDY_ATTR = "squeezefit"  # study user attr holding what later commands need (see `StudyRecord`)
+
+
+def open_storage(url: str):
+    """An Optuna RDB storage for `url`; SQLite parent directories are created."""
+    import optuna
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # a malformed URL or unreachable database is the user's input
+        raise UserError(f"cannot open the study storage {url!r} ({type(exc).__name__}).") from None
+
+
+def load_study(name: str, storage_url: str):
+    """The stored study `name`; UserError naming the studies that exist if it is not there."""
+    import optuna
+
+    storage = open_storage(storage_url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        known = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        hint = f"; studies there: {', '.join(known)}" if known else "; it holds no study"
+        raise UserError(f"no study named {name!r} in {storage_url}{hint}.") from None
+
+
+def study_record(study) -> dict:
+    """What `squeezefit search` stored about a study (config, budget, device, space, paths)."""
+    record = study.user_attrs.get(STUDY_ATTR)
+    if not record:
+        raise UserError(f"study {study.study_name!r} was not created by squeezefit search.")
+    return record

@@ -1,0 +1,40 @@
+"""`squeezefit front`: the Pareto front of a study as a table (CSV/JSON on request) and a plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "Show a study's Pareto front (feasible, non-dominated trials) as a table and a plot."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", required=True, help="study name")
+    parser.add_argument("--storage", help="Optuna storage URL (default: SQLite under studies/)")
+    parser.add_argument("--all", action="store_true", help="list every finished trial, not only the front")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    parser.add_argument("--plot", type=Path, help="write the plot to this PNG (an .html beside it is interactive)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.front import pareto_front, plot_front, trials_table
+    from search.study import StudyConfig, load_study, study_record
+
+    storage = args.storage or StudyConfig().storage_url
+    study = load_study(args.study, storage)
+    budget = study_record(study)["budget_ms"]
+    table = trials_table(study)
+    shown = table if args.all else pareto_front(table)
+    if args.csv:
+        shown.to_csv(args.csv, index=False)
+    if args.plot:
+        plot_front(table, budget, args.plot, title=args.study, html=args.plot.with_suffix(".html"))
+    if args.json:
+        print(json.dumps(shown.to_dict(orient="records"), indent=1))
+    else:
+        print(f"study {args.study!r}: {len(table)} finished trials, {int(table['feasible'].sum())} feasible, budget {budget:.2f} ms")
+        cols = ["trial", "status", "map50_95", "latency_ms", "size_mb", "policy_id", "reference"]
+        print(shown[cols].to_string(index=False) if not shown.empty else "  (no feasible trial)")
+    return 0

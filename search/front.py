@@ -1,0 +1,104 @@
+"""The Pareto front of a study: a table of its trials, the feasible non-dominated ones, a plot.
+
+A point is on the front when it is feasible (p50 latency within the budget) and no other
+feasible finished trial has both higher-or-equal mAP50-95 and lower-or-equal latency with
+one of them strictly better. Trials stopped early (PRUNED) are shown but never on the front.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from optuna.trial import TrialState
+
+from search.study import study_record
+
+COLUMNS = ["trial", "status", "feasible", "map50_95", "map50", "latency_ms", "latency_p90_ms", "size_mb",
+           "macs", "params", "policy_id", "reference", "artifact", "weights"]  # fmt: skip
+
+
+def trials_table(study) -> pd.DataFrame:
+    """One row per finished trial (COMPLETE or PRUNED), with the squeezefit results it stored."""
+    budget = study_record(study)["budget_ms"]
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        attrs = t.user_attrs
+        if "status" not in attrs:
+            continue
+        rows.append({
+            "trial": t.number, "status": attrs["status"],
+            "feasible": attrs["status"] == "complete" and attrs["latency_ms"] <= budget,
+            "map50_95": attrs["map50_95"], "map50": attrs["map50"], "latency_ms": attrs["latency_ms"],
+            "latency_p90_ms": attrs["latency_p90_ms"], "size_mb": attrs["size_mb"], "macs": attrs["macs"],
+            "params": attrs["params"], "policy_id": attrs["policy_id"], "reference": attrs.get("reference", ""),
+            "artifact": attrs.get("artifact", ""), "weights": attrs.get("weights", ""),
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
+    """The feasible non-dominated rows, fastest first."""
+    feasible = table[table["feasible"]].sort_values(["latency_ms", "map50_95"], ascending=[True, False])
+    keep, best = [], float("-inf")
+    for index, row in feasible.iterrows():
+        if row["map50_95"] > best:  # faster points came first: only a higher mAP is not dominated
+            keep.append(index)
+            best = row["map50_95"]
+    return feasible.loc[keep]
+
+
+def best_under(table: pd.DataFrame, budget_ms: float) -> pd.Series | None:
+    """The highest-mAP complete trial whose p50 latency is within `budget_ms`, or None."""
+    fits = table[(table["status"] == "complete") & (table["latency_ms"] <= budget_ms)]
+    return None if fits.empty else fits.sort_values(["map50_95", "latency_ms"], ascending=[False, True]).iloc[0]
+
+
+def plot_front(table: pd.DataFrame, budget_ms: float, png: Path, *, title: str = "", html: Path | None = None) -> Path:
+    """mAP50-95 vs p50 latency: all trials, the front, the budget line, references labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = pareto_front(table)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    styles = {"complete": ("o", "#4C72B0"), "infeasible": ("x", "#C44E52"), "pruned": ("v", "#8C8C8C")}
+    for status, (marker, colour) in styles.items():
+        part = table[table["status"] == status]
+        if not part.empty:
+            ax.scatter(part["latency_ms"], part["map50_95"], marker=marker, c=colour, alpha=0.7, label=f"{status} ({len(part)})")
+    if not front.empty:
+        ax.plot(front["latency_ms"], front["map50_95"], "-D", c="#55A868", lw=2, ms=7, label="Pareto front")
+    ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"budget {budget_ms:.2f} ms")
+    for _, row in table[table["reference"] != ""].iterrows():
+        ax.annotate(row["reference"], (row["latency_ms"], row["map50_95"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("p50 latency (ms)")
+    ax.set_ylabel("mAP50-95 (deployed artifact)")
+    ax.set_title(title or "squeezefit study")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    if html is not None:
+        _plot_html(table, front, budget_ms, Path(html), title)
+    return png
+
+
+def _plot_html(table: pd.DataFrame, front: pd.DataFrame, budget_ms: float, html: Path, title: str) -> None:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for status, part in table.groupby("status"):
+        fig.add_trace(go.Scatter(
+            x=part["latency_ms"], y=part["map50_95"], mode="markers", name=status,
+            text=[f"trial {t} {r} {p}" for t, r, p in zip(part["trial"], part["reference"], part["policy_id"])],
+        ))  # fmt: skip
+    if not front.empty:
+        fig.add_trace(go.Scatter(x=front["latency_ms"], y=front["map50_95"], mode="lines+markers", name="Pareto front"))
+    fig.add_vline(x=budget_ms, line_dash="dash", annotation_text=f"budget {budget_ms:.2f} ms")
+    fig.update_layout(title=title or "squeezefit study", xaxis_title="p50 latency (ms)", yaxis_title="mAP50-95")
+    fig.write_html(str(html), include_plotlyjs=True)  # self-contained: nothing fetched when opened offline

@@ -1,0 +1,102 @@
+"""Turn a StudyConfig into what trials need: data, baseline, device, space, budget.
+
+`prepare(config)` does the few real measurements a study needs before its first trial:
+the baseline's FP32 artifact is exported and timed on the device (the reference latency
+L0 that `budget_fraction` is relative to), and the most compressed policy the space allows
+is timed too, so an impossible budget is a clear error before any trial runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluators.accuracy import split_images
+from evaluators.base import get_device
+from evaluators.exceptions import UserError
+from evaluators.offline import data_dir, ensure_offline, squeezefit_home
+from search.study import StudyConfig
+from search.trial import TrialContext
+from spaces.onnx_export import export_onnx, precision_units
+from evaluators.recipe import Int8Recipe
+from evaluators.timing import TimingSettings
+from spaces.precision import build_artifact, uniform_precisions
+from spaces.pruning import apply_pruning, pruning_units, uniform_ratios
+from spaces.space import SearchSpace
+
+ensure_offline()
+
+from ultralytics.nn.tasks import load_checkpoint  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A study ready to run: the trial context plus the reference measurements (ms)."""
+
+    context: TrialContext
+    baseline_latency_ms: float
+    fastest_latency_ms: float
+    fingerprint: dict
+
+
+def resolve_data(config: StudyConfig) -> Path:
+    """The data YAML of a study: the embedded set (generated if needed) or the given file."""
+    if config.data == "embedded":
+        from search.baseline import BaselineRecord
+        from search.embedded_data import DatasetSpec, generate_dataset
+
+        record = BaselineRecord.load(Path(config.model))
+        return generate_dataset(data_dir(), DatasetSpec(imgsz=record.imgsz, seed=record.seed), progress=True)
+    path = Path(config.data)
+    if not path.is_file():
+        raise UserError(f"data set file {path} does not exist.")
+    return path.resolve()
+
+
+def calibration_images(data_yaml: Path, count: int) -> tuple[str, ...]:
+    """The first `count` training images (sorted by name): INT8 calibration comes from the train split."""
+    _, images = split_images(data_yaml, "train")
+    if not images:
+        raise UserError(f"the train split of {data_yaml} has no images to calibrate INT8 with.")
+    return tuple(str(p) for p in images[:count])
+
+
+def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
+    """Resolve everything a study's trials share, with the two reference latencies measured."""
+    checkpoint = Path(config.model)
+    if not checkpoint.is_file():
+        raise UserError(f"model checkpoint {checkpoint} does not exist; train one with `squeezefit baseline`.")
+    data_yaml = resolve_data(config)
+    device = get_device(config.device)
+    model, _ = load_checkpoint(checkpoint)
+    outdir = squeezefit_home() / "studies" / "runs" / (name or config.name)
+    outdir.mkdir(parents=True, exist_ok=True)
+    reference = export_onnx(model, outdir / "baseline-fp32.onnx", imgsz=config.imgsz, names=model.names)
+    space = SearchSpace(
+        pruning_units=tuple(pruning_units(model)),
+        precision_units=tuple(precision_units(reference)),
+        offered=tuple(p for p in ("int8", "fp16", "fp32") if p in device.precisions),
+        max_epochs=config.finetune_epochs,
+    )
+    calib = calibration_images(data_yaml, config.calibration_images)
+    timing = TimingSettings(min_seconds=config.latency_min_seconds)
+    baseline_ms = device.measure(reference, settings=timing).p50_ms
+    budget = config.budget_ms or baseline_ms * (config.budget_fraction or 1.0)
+
+    high = space.ratio_range[1]
+    fastest_model = apply_pruning(model, uniform_ratios(space.pruning_units, high), imgsz=config.imgsz).model
+    fastest = build_artifact(
+        fastest_model, uniform_precisions(space.precision_units, space.fastest_precision()), outdir / "fastest.onnx",
+        imgsz=config.imgsz, names=model.names, calibration_images=calib[:8], recipe=device.int8_recipe or Int8Recipe(),
+    )  # fmt: skip
+    fastest_ms = device.measure(fastest.path, settings=timing).p50_ms
+    if fastest_ms > budget:
+        raise UserError(
+            f"the budget of {budget:.2f} ms is below the fastest policy the space allows ({fastest_ms:.2f} ms on {config.device})."
+        )
+    context = TrialContext(
+        checkpoint=str(checkpoint.resolve()), data_yaml=str(data_yaml), imgsz=config.imgsz, device=config.device,
+        budget_ms=float(budget), space=space, calibration_images=calib, outdir=str(outdir), recipe=device.int8_recipe, timing=timing,
+        train_images=config.train_images, val_images=config.val_images, seed=config.seed,
+    )  # fmt: skip
+    return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict())
