@@ -90,6 +90,19 @@ def train_baseline(
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model = YOLO(f"{family}.yaml")
+
+    printed: set[int] = set()
+
+    def progress(trainer) -> None:
+        done = trainer.epoch + 1
+        if done in printed:  # Ultralytics calls once more for its final validation
+            return
+        printed.add(done)
+        elapsed = time.perf_counter() - start
+        value = trainer.metrics.get("metrics/mAP50-95(B)", 0.0)
+        print(f"  epoch {done}/{epochs}: val mAP50-95 {value:.4f}, ETA {elapsed / done * (epochs - done) / 60:.1f} min", flush=True)
+
+    model.add_callback("on_fit_epoch_end", progress)
     model.train(
         data=str(data_yaml), imgsz=imgsz, epochs=epochs, batch=batch, seed=seed, device="cpu", workers=2,
         cache="ram", pretrained=False, project=str(runs_dir()), name=f"baseline-{family}", exist_ok=True,

@@ -185,7 +185,7 @@ def prepare_study(config: StudyConfig, name: str, storage_url: str, record: dict
         study.set_user_attr(STUDY_ATTR, record)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # its process is gone
-    present = {t.user_attrs.get("reference") for t in study.get_trials(deepcopy=False)}
+    present = {t.user_attrs.get("reference") for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
     for ref_name, params in references.items():
         if ref_name not in present:
             study.enqueue_trial(params, user_attrs={"reference": ref_name}, skip_if_exists=False)
@@ -226,10 +226,12 @@ def run_search(config: StudyConfig, prepared, *, name: str, resume: bool = False
     )  # fmt: skip
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    ray.init(num_cpus=max(2, config.concurrency), include_dashboard=False, log_to_driver=True, logging_level="ERROR", ignore_reinit_error=True)
+    cpus = max(os.cpu_count() or 1, config.concurrency)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, logging_level="ERROR", ignore_reinit_error=True)
     try:
         trainable = tune.with_parameters(run_trial, ctx=ctx, study_name=name, storage_url=storage_url, early_stop=early_stop)
-        trainable = tune.with_resources(trainable, {"cpu": 1})
+        # Fine-tuning uses the trial's share of the cores; latency is still timed at the device's own threads.
+        trainable = tune.with_resources(trainable, {"cpu": max(1, cpus // config.concurrency)})
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
