@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from evaluators.base import check_artifact
 from evaluators.exceptions import UserError
 from evaluators.offline import VAL_DEFAULTS, ensure_offline, runs_dir
 
@@ -107,8 +108,7 @@ def measure_accuracy(
     from ultralytics import YOLO
 
     artifact = Path(artifact)
-    if not artifact.is_file():
-        raise UserError(f"artifact {artifact} does not exist.")
+    check_artifact(artifact)  # a missing or corrupt file is a UserError before any runtime loads it
     if runtime not in RUNTIMES:
         raise UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}.")
     workdir = Path(workdir or runs_dir() / "accuracy")
@@ -119,10 +119,7 @@ def measure_accuracy(
     _, images = split_images(data_yaml, split)
     model_path = openvino_model_dir(artifact) if runtime == "openvino" else artifact
     start = time.perf_counter()
-    try:
-        model = YOLO(str(model_path), task="detect")
-    except Exception as exc:  # an unreadable model file is the user's input, not our bug
-        raise UserError(f"artifact {artifact} cannot be loaded as a detector ({type(exc).__name__}).") from None
+    model = YOLO(str(model_path), task="detect")
     kwargs = {"imgsz": imgsz} if imgsz else {}
     metrics = model.val(
         data=str(data_yaml), split=split, batch=1, device="cpu", workers=0, project=str(workdir), name="val", exist_ok=True, **kwargs, **VAL_DEFAULTS

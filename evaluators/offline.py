@@ -5,7 +5,7 @@ Ultralytics reads its config directory and auto-install switch when it is import
 that uses Ultralytics calls it at the top. It lives in `evaluators` because that package
 is the one every other package may import (data flows spaces -> evaluators -> search).
 
-Nothing is downloaded at run time: no fonts (plots are off), no weights (models are built
+Nothing is downloaded at run time: no fonts (a font from matplotlib stands in), no weights (models are built
 from YAML or loaded from local files), no data sets (data YAMLs carry no `download:` key),
 no requirements (auto-install is off), no telemetry (sync is off).
 """
@@ -13,6 +13,7 @@ no requirements (auto-install is off), no telemetry (sync is off).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,7 @@ def ensure_offline() -> None:
     config_dir = home / ".squeezefit" / "ultralytics"
     config_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
+    _provide_fonts(Path(os.environ["YOLO_CONFIG_DIR"]).expanduser() / "Ultralytics")  # Ultralytics' USER_CONFIG_DIR
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     os.environ.setdefault("YOLO_VERBOSE", "false")
@@ -68,6 +70,25 @@ def ensure_offline() -> None:
     }
     if any(SETTINGS.get(k) != v for k, v in wanted.items()):
         SETTINGS.update(wanted)
+
+
+def _provide_fonts(config_dir: Path) -> None:
+    """Put a font where Ultralytics looks before it downloads one.
+
+    Every dataset check (`check_det_dataset`) asks for Arial.ttf, and fetches it when it is
+    not in the config directory; matplotlib ships DejaVu Sans, which serves for labels.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or spec.origin is None:
+        return
+    source = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        target = config_dir / name
+        if source.is_file() and not target.exists():
+            shutil.copyfile(source, target)
 
 
 def runs_dir() -> Path:

@@ -77,7 +77,7 @@ def train_baseline(
     out: Path,
     *,
     imgsz: int = 192,
-    epochs: int = 30,
+    epochs: int = 60,
     batch: int = 32,
     seed: int = 0,
     data_digest: str = "",

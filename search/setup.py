@@ -8,6 +8,8 @@ is timed too, so an impossible budget is a clear error before any trial runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,19 @@ def calibration_images(data_yaml: Path, count: int) -> tuple[str, ...]:
     return tuple(str(p) for p in images[:count])
 
 
+def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
+    """12 hex digits naming what a trial's result depends on besides its policy.
+
+    Trials write under `runs/<study>-<digest>/<policy_id>/` and reuse a finished result
+    found there, so two studies share results only when storage, checkpoint bytes, data,
+    device, budget, fidelity and seed all agree.
+    """
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("name", "trials", "time_limit_min", "concurrency", "sampler")}
+    digest = hashlib.sha256(json.dumps({**settings, "storage": config.storage_url}, sort_keys=True).encode())
+    digest.update(Path(checkpoint).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
     """Resolve everything a study's trials share, with the two reference latencies measured."""
     checkpoint = Path(config.model)
@@ -69,7 +84,7 @@ def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
     data_yaml = resolve_data(config)
     device = get_device(config.device)
     model, _ = load_checkpoint(checkpoint)
-    outdir = squeezefit_home() / "studies" / "runs" / (name or config.name)
+    outdir = squeezefit_home() / "studies" / "runs" / f"{name or config.name}-{setup_digest(config, checkpoint)}"
     outdir.mkdir(parents=True, exist_ok=True)
     reference = export_onnx(model, outdir / "baseline-fp32.onnx", imgsz=config.imgsz, names=model.names)
     space = SearchSpace(

@@ -193,6 +193,18 @@ def prepare_study(config: StudyConfig, name: str, storage_url: str, record: dict
     return study, done
 
 
+def new_study_record(config: StudyConfig, prepared) -> dict:
+    """What a study stores about itself (STUDY_ATTR): everything `front`, `export` and `transfer` need."""
+    ctx: TrialContext = prepared.context
+    return {
+        "config": config.to_dict(), "budget_ms": ctx.budget_ms, "baseline_latency_ms": prepared.baseline_latency_ms,
+        "fingerprint": prepared.fingerprint, "checkpoint": ctx.checkpoint, "data_yaml": ctx.data_yaml,
+        "imgsz": ctx.imgsz, "device": ctx.device, "outdir": ctx.outdir,
+        "pruning_units": [u.name for u in ctx.space.pruning_units], "precision_units": list(ctx.space.precision_units),
+        "offered": list(ctx.space.offered), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }  # fmt: skip
+
+
 def run_search(config: StudyConfig, prepared, *, name: str, resume: bool = False, early_stop: bool = True) -> SearchOutcome:
     """Run (or resume) the study until it has `config.trials` finished trials or its time limit passes."""
     import ray
@@ -202,13 +214,7 @@ def run_search(config: StudyConfig, prepared, *, name: str, resume: bool = False
 
     ctx: TrialContext = prepared.context
     storage_url = config.storage_url
-    record = {
-        "config": config.to_dict(), "budget_ms": ctx.budget_ms, "baseline_latency_ms": prepared.baseline_latency_ms,
-        "fingerprint": prepared.fingerprint, "checkpoint": ctx.checkpoint, "data_yaml": ctx.data_yaml,
-        "imgsz": ctx.imgsz, "device": ctx.device, "outdir": ctx.outdir,
-        "pruning_units": [u.name for u in ctx.space.pruning_units], "precision_units": list(ctx.space.precision_units),
-        "offered": list(ctx.space.offered), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }  # fmt: skip
+    record = new_study_record(config, prepared)
     references = {n: ctx.space.to_params(p) for n, p in ctx.space.reference_policies().items()}
     study, done = prepare_study(config, name, storage_url, record, references, resume=resume)
     remaining = config.trials - done

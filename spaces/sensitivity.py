@@ -37,8 +37,6 @@ from evaluators.recipe import Int8Recipe
 
 ensure_offline()
 
-import torch  # noqa: E402
-
 from spaces.onnx_export import detection_model, export_onnx, precision_units  # noqa: E402
 from spaces.precision import build_artifact  # noqa: E402
 from spaces.pruning import MAX_RATIO, apply_pruning, pruning_units  # noqa: E402

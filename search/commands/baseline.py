@@ -15,7 +15,7 @@ HELP = "Train a YOLO baseline from scratch on the embedded data set and record i
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", default="yolo11n", help="yolo11n, yolo11s, yolov8n or yolov8s (default yolo11n)")
     parser.add_argument("--out", type=Path, default=None, help="checkpoint path (default studies/baseline/<family>-digits.pt)")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--imgsz", type=int, default=192)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
