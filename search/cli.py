@@ -14,7 +14,7 @@ import sys
 from evaluators.exceptions import UserError
 
 # Order is the order `squeezefit --help` lists them in.
-COMMANDS = ("data", "baseline", "search", "front", "export", "transfer", "measure", "agent", "bench")
+COMMANDS = ("data", "baseline", "sensitivity", "search", "front", "export", "transfer", "measure", "agent", "bench")
 
 
 def _available_commands() -> dict:

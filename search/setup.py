@@ -92,19 +92,14 @@ def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
         precision_units=tuple(precision_units(reference)),
         offered=tuple(p for p in ("int8", "fp16", "fp32") if p in device.precisions),
         max_epochs=config.finetune_epochs,
+        ratio_ranges=sensitivity_ranges(config, checkpoint, model),
     )
     calib = calibration_images(data_yaml, config.calibration_images)
     timing = TimingSettings(min_seconds=config.latency_min_seconds)
     baseline_ms = device.measure(reference, settings=timing).p50_ms
     budget = config.budget_ms or baseline_ms * (config.budget_fraction or 1.0)
 
-    high = space.ratio_range[1]
-    fastest_model = apply_pruning(model, uniform_ratios(space.pruning_units, high), imgsz=config.imgsz).model
-    fastest = build_artifact(
-        fastest_model, uniform_precisions(space.precision_units, space.fastest_precision()), outdir / "fastest.onnx",
-        imgsz=config.imgsz, names=model.names, calibration_images=calib[:8], recipe=device.int8_recipe or Int8Recipe(),
-    )  # fmt: skip
-    fastest_ms = device.measure(fastest.path, settings=timing).p50_ms
+    fastest_ms = _fastest_latency(model, space, device, config, calib, timing, outdir)
     if fastest_ms > budget:
         raise UserError(
             f"the budget of {budget:.2f} ms is below the fastest policy the space allows ({fastest_ms:.2f} ms on {config.device})."
@@ -115,3 +110,32 @@ def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
         train_images=config.train_images, val_images=config.val_images, seed=config.seed,
     )  # fmt: skip
     return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict())
+
+
+def _fastest_latency(model, space: SearchSpace, device, config: StudyConfig, calib, timing, outdir: Path) -> float:
+    """p50 (ms) of the fastest corner of the space: every unit at the largest ratio, at each offered precision.
+
+    Every precision is measured, not assumed: on a small pruned model INT8's Q/DQ overhead
+    can make it slower than FP32.
+    """
+    pruned = apply_pruning(model, uniform_ratios(space.pruning_units, space.ratio_range[1]), imgsz=config.imgsz).model
+    latencies = []
+    for precision in space.offered:
+        artifact = build_artifact(
+            pruned, uniform_precisions(space.precision_units, precision), outdir / f"fastest-{precision}.onnx",
+            imgsz=config.imgsz, names=model.names, calibration_images=calib[:8], recipe=device.int8_recipe or Int8Recipe(),
+        )  # fmt: skip
+        latencies.append(device.measure(artifact.path, settings=timing).p50_ms)
+    return min(latencies)
+
+
+def sensitivity_ranges(config: StudyConfig, checkpoint: Path, model) -> dict:
+    """Per-unit pruning ranges from the model's stored sensitivity, when the config asks for them."""
+    if config.sensitivity_max_drop is None:
+        return {}
+    from spaces.sensitivity import Sensitivity, ratio_ranges_from, sensitivity_path
+
+    path = sensitivity_path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"the config sets sensitivity_max_drop but {path} does not exist; run `squeezefit sensitivity` first.")
+    return ratio_ranges_from(Sensitivity.load(path, model), config.sensitivity_max_drop)

@@ -26,6 +26,8 @@ class StudyConfig:
     latency_min_seconds: the timing floor of every latency measurement (the protocol also
     needs at least 30 timed runs); train_images / val_images: fine-tune and validate on the
     first N images of each split (None: all), the study's fidelity knobs.
+    sensitivity_max_drop: narrow each unit's pruning range to the ratios whose untuned mAP
+    drop stayed within this (from `squeezefit sensitivity`, stored next to the model).
     """
 
     name: str = "default"
@@ -44,6 +46,7 @@ class StudyConfig:
     val_images: int | None = None
     calibration_images: int = 128
     latency_min_seconds: float = 2.0
+    sensitivity_max_drop: float | None = None
     concurrency: int = 1
     storage: str | None = None
     seed: int = 0

@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -73,8 +74,14 @@ def dominated_at(study_name: str, storage_url: str, epoch: int, epochs: int, val
 
 
 def define_by_run(space, trial) -> None:
-    """OptunaSearch's space function: sample a policy (its parameters are what Optuna records)."""
-    space.sample(trial)
+    """OptunaSearch's space function: sample a policy (its parameters are what Optuna records).
+
+    Reference policies are enqueued as they are, also where the space narrows a unit's range
+    (from sensitivity): Optuna's warning that such a fixed value is out of range is expected.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+        space.sample(trial)
 
 
 def run_trial(config: dict, ctx: TrialContext, study_name: str, storage_url: str, early_stop: bool) -> None:
