@@ -41,6 +41,7 @@ import datetime
 import json
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -377,10 +378,21 @@ def replay_params(space, policy: Policy) -> tuple[dict, dict]:
     if len(space.offered) == 1:  # to_params leaves out single-choice precisions; define-by-run still asks for them
         params.update({f"precision.{u}": space.offered[0] for u in space.precision_units})
     fixed = optuna.trial.FixedTrial(params)
-    sampled = space.sample(fixed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+        sampled = space.sample(fixed)
     if replace(sampled, recipe=policy.recipe).policy_id != policy.policy_id:
         raise RuntimeError(f"the space does not sample policy {policy.policy_id} back from its parameters")
-    return fixed.params, fixed.distributions
+    return fixed.params, {k: _containing(d, fixed.params[k]) for k, d in fixed.distributions.items()}
+
+
+def _containing(distribution, value):
+    """The distribution, widened to hold `value`: a reference policy may sit outside a range narrowed by sensitivity."""
+    if isinstance(distribution, optuna.distributions.FloatDistribution) and not distribution._contains(value):
+        return optuna.distributions.FloatDistribution(
+            min(distribution.low, value), max(distribution.high, value), log=distribution.log, step=distribution.step
+        )
+    return distribution
 
 
 # --- the report --------------------------------------------------------------------------
