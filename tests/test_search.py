@@ -132,10 +132,9 @@ def test_killed_search_resumes_without_losing_trials(tmp_path):
         finished = []
         while time.time() < deadline and proc.poll() is None:
             time.sleep(2)
-            try:
-                trials = optuna.load_study(study_name="killed", storage=storage).get_trials(deepcopy=False)
-            except KeyError:
-                continue
+            if "trial(s) to run" not in (tmp_path / "first.log").read_text():
+                continue  # the study's tables are not created yet: don't race the search to create them
+            trials = optuna.load_study(study_name="killed", storage=storage).get_trials(deepcopy=False)
             finished = [t for t in trials if t.state.is_finished()]
             if finished and any(t.state == TrialState.RUNNING for t in trials):
                 break

@@ -15,7 +15,7 @@ from spaces.sensitivity import Sensitivity, SensitivitySettings, model_fingerpri
 def test_shipped_configs_are_valid():
     default = StudyConfig.from_yaml("studies/default.yaml")
     smoke = StudyConfig.from_yaml("studies/smoke.yaml")
-    assert default.name == "default" and default.budget_fraction == 0.5 and default.device == "ort-cpu"
+    assert default.name == "default" and default.budget_fraction == 0.6 and default.sensitivity_max_drop == 0.02 and default.device == "ort-cpu"
     assert smoke.trials < default.trials and smoke.imgsz < default.imgsz
 
 
