@@ -55,7 +55,7 @@ from evaluators.offline import ensure_offline
 from evaluators.recipe import Int8Recipe
 from search.front import pareto_front, trials_table
 from search.study import STUDY_ATTR, StudyConfig, load_study, open_storage, study_record
-from search.trial import TrialContext, TrialResult
+from search.trial import TrialContext, TrialResult, build_screen
 from search.tuner import DONE_STATES, new_study_record, run_search
 from spaces.policy import Policy
 from spaces.precision import build_artifact
@@ -64,7 +64,6 @@ ensure_offline()
 
 SELECTIONS = ("all", "front+topK")
 FALLBACK_PRECISION = "fp32"
-_SCREEN_CALIBRATION = 8  # as search.trial: the screen artifact only has to time right
 
 
 @dataclass(frozen=True)
@@ -313,7 +312,7 @@ def _carry(trial, target: _Target, study, taken: set) -> str:
         build_artifact(model, policy.precision, path, imgsz=ctx.imgsz, names=model.names,
                        calibration_images=ctx.calibration_images, recipe=recipe)  # fmt: skip
     else:
-        _build_screen(policy, path, ctx, recipe)
+        build_screen(policy, ctx, recipe, path)
     lap("artifact")
     latency = target.device.measure(path, settings=ctx.timing)
     lap("latency")
@@ -342,16 +341,6 @@ def _carry(trial, target: _Target, study, taken: set) -> str:
     _add_trial(study, result, extra, target, began)
     taken.add(folder)
     return ""
-
-
-def _build_screen(policy: Policy, path: Path, ctx, recipe: Int8Recipe) -> None:
-    from spaces.pruning import apply_pruning
-    from ultralytics.nn.tasks import load_checkpoint
-
-    baseline, _ = load_checkpoint(ctx.checkpoint)
-    pruned = apply_pruning(baseline, policy.pruning, imgsz=ctx.imgsz)
-    build_artifact(pruned.model, policy.precision, path, imgsz=ctx.imgsz, names=baseline.names,
-                   calibration_images=ctx.calibration_images[:_SCREEN_CALIBRATION], recipe=recipe)  # fmt: skip
 
 
 def _recipe_change(before: Int8Recipe | None, after: Int8Recipe) -> str:

@@ -95,6 +95,17 @@ class TrialResult:
         return cls(**{**data, "epoch_maps": tuple(data.get("epoch_maps", ()))})
 
 
+def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Path):
+    """(pruned model, class names, screen artifact): the untrained artifact whose latency decides feasibility."""
+    baseline, _ = load_checkpoint(ctx.checkpoint)
+    pruned = apply_pruning(baseline, policy.pruning, imgsz=ctx.imgsz)
+    screen = build_artifact(
+        pruned.model, policy.precision, path, imgsz=ctx.imgsz, names=baseline.names,
+        calibration_images=list(ctx.calibration_images)[:_SCREEN_CALIBRATION], recipe=recipe,
+    )  # fmt: skip
+    return pruned, baseline.names, screen
+
+
 def evaluate_policy(
     policy: Policy, ctx: TrialContext, *, should_stop: Callable[[int, float, float], bool] | None = None
 ) -> TrialResult:
@@ -121,15 +132,9 @@ def evaluate_policy(
     recipe = policy.recipe or ctx.recipe or device.int8_recipe or Int8Recipe()
     runtime = device.fingerprint().runtime
     runtime = runtime if runtime in RUNTIMES else "onnxruntime"
-    baseline, _ = load_checkpoint(ctx.checkpoint)
-    names = baseline.names
-    pruned = apply_pruning(baseline, policy.pruning, imgsz=ctx.imgsz)
-    lap("prune")
+    pruned, names, screen = build_screen(policy, ctx, recipe, out / "screen.onnx")
+    lap("screen")
     calib = list(ctx.calibration_images)
-    screen = build_artifact(
-        pruned.model, policy.precision, out / "screen.onnx", imgsz=ctx.imgsz, names=names,
-        calibration_images=calib[:_SCREEN_CALIBRATION], recipe=recipe,
-    )  # fmt: skip
     latency = device.measure(screen.path, settings=ctx.timing)
     lap("latency")
 

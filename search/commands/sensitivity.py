@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from evaluators.base import get_device
+    from evaluators.exceptions import UserError
     from evaluators.offline import ensure_offline
     from evaluators.recipe import Int8Recipe
     from search.setup import calibration_images, resolve_data
@@ -30,8 +31,6 @@ def run(args: argparse.Namespace) -> int:
     config = StudyConfig.from_yaml(args.config)
     checkpoint = Path(config.model)
     if not checkpoint.is_file():
-        from evaluators.exceptions import UserError
-
         raise UserError(f"model checkpoint {checkpoint} does not exist.")
     data_yaml = resolve_data(config)
     device = get_device(config.device)
