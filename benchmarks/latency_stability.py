@@ -1,16 +1,25 @@
 """How stable is a latency measurement from one process to the next?
 
 For each artifact (e.g. the FP32 baseline and its all-INT8 version) on each CPU device,
-measure p50 in N separate processes, one after another (each a fresh runtime, no cache),
-and report the spread of those p50s: max/min - 1. The target is <= 3% on an idle machine;
-the load average before and after is printed, because another busy process on the box
-is the usual cause of a miss.
+measure p50 in N separate processes (each a fresh runtime, no cache) and report the spread
+of those p50s: max/min - 1. The target is <= 3% on an idle machine. Two schedules:
+
+- sequential: the processes run one after another, each one whole protocol run
+  (`Device.measure`). The spread then holds the process-to-process difference AND any
+  drift of the host's speed over the minutes the benchmark takes.
+- interleaved: the N processes are loaded at once and take turns, round after round (the
+  order reversed every other round), each turn one whole protocol run (warm-up until
+  stable, then the timing floors) under the host's measurement lock; a process's p50 is
+  the median of its turns' p50s. Host drift then falls on every process alike, and the
+  spread is what differs between processes. The host's own drift over the run is reported
+  beside it: max/min - 1 of the per-round medians.
 
     python benchmarks/latency_stability.py base.onnx base-int8.onnx \
         --devices ort-cpu openvino-cpu --processes 5 --output benchmarks/results/latency_stability.md
 
-Prints a markdown table (and writes it with --output), with the threads used and the
-exact command.
+Prints a markdown table (and writes it with --output), with the threads used, the load
+average and the exact command. Run it alone: another busy process on the box is the
+usual cause of a miss.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import time
 from pathlib import Path
 
 TARGET_SPREAD = 0.03
+SCHEDULES = ("sequential", "interleaved")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,29 +43,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("artifacts", nargs="+", type=Path, help="ONNX files, e.g. FP32 baseline and all-INT8")
     parser.add_argument("--devices", nargs="+", default=["ort-cpu", "openvino-cpu"], help="CPU device names")
     parser.add_argument("--processes", type=int, default=5, help="separate processes per artifact and device")
-    parser.add_argument("--runs", type=int, default=100, help="timed-run floor per process")
-    parser.add_argument("--min-seconds", type=float, default=5.0, help="timing floor per process, seconds")
+    parser.add_argument("--schedule", choices=(*SCHEDULES, "both"), default="both", help="see the module docstring")
+    parser.add_argument("--runs", type=int, default=100, help="sequential: timed-run floor per process")
+    parser.add_argument("--min-seconds", type=float, default=5.0, help="sequential: timing floor per process, seconds")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved: turns per process")
+    parser.add_argument("--turn-seconds", type=float, default=0.5, help="interleaved: timing floor per turn, seconds")
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
     parser.add_argument("--worker", nargs=2, metavar=("ARTIFACT", "DEVICE"), help=argparse.SUPPRESS)
+    parser.add_argument("--turns", nargs=2, metavar=("ARTIFACT", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(Path(args.worker[0]), args.worker[1], args.runs, args.min_seconds)
+    if args.turns:
+        return _turn_taker(Path(args.turns[0]), args.turns[1], args.turn_seconds)
 
     missing = [str(p) for p in args.artifacts if not p.is_file()]
     if missing:
         parser.error(f"no such file: {', '.join(missing)}")
+    if args.processes < 2:
+        parser.error("--processes must be at least 2 to have a spread")
+    schedules = SCHEDULES if args.schedule == "both" else (args.schedule,)
     load_before = os.getloadavg()
     rows = []
     for artifact in args.artifacts:
         for device in args.devices:
-            results = [_in_fresh_process(artifact, device, args.runs, args.min_seconds) for _ in range(args.processes)]
-            rows.append((artifact, device, results))
+            for schedule in schedules:
+                if schedule == "sequential":
+                    p50s = [_in_fresh_process(artifact, device, args.runs, args.min_seconds)
+                            for _ in range(args.processes)]
+                    rows.append(_row(artifact, device, schedule, p50s, host_drift=None))
+                else:
+                    p50s, drift = _interleaved(artifact, device, args.processes, args.rounds, args.turn_seconds)
+                    rows.append(_row(artifact, device, schedule, p50s, host_drift=drift))
+                print(_table_line(rows[-1]), flush=True)
     report = _report(rows, argv if argv is not None else sys.argv[1:], load_before, os.getloadavg())
     print(report)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(report + "\n")
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Sequential: one whole measurement per fresh process.
 
 
 def _worker(artifact: Path, device_name: str, runs: int, min_seconds: float) -> int:
@@ -76,36 +106,105 @@ def _in_fresh_process(artifact: Path, device: str, runs: int, min_seconds: float
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# ---------------------------------------------------------------------------------------
+# Interleaved: N loaded processes take turns.
+
+
+def _turn_taker(artifact: Path, device_name: str, turn_seconds: float) -> int:
+    """Load the artifact once, answer "ready", then time one protocol run per "turn" line."""
+    from evaluators import LocalDevice, TimingSettings, check_artifact, device_lock, get_device
+    from evaluators.timing import run_protocol, synthetic_inputs
+
+    device = get_device(device_name, cache=False)
+    if not isinstance(device, LocalDevice):
+        raise SystemExit(f"{device_name} does not run in this process; the interleaved schedule needs a local device")
+    settings = TimingSettings(min_runs=20, min_seconds=turn_seconds)
+    with device_lock(device.host):
+        timed_run = device.open(artifact, synthetic_inputs(check_artifact(artifact)))
+    fingerprint = device.fingerprint().to_dict()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "turn":
+            break
+        with device_lock(device.host):
+            stats = run_protocol(timed_run, settings)
+        print(json.dumps({"p50_ms": stats.p50_ms, "runs": stats.runs, "fingerprint": fingerprint}), flush=True)
+    return 0
+
+
+def _interleaved(artifact: Path, device: str, processes: int, rounds: int, turn_seconds: float):
+    """Per-process results (p50 = median of the turns' p50s) and the host drift over the rounds."""
+    command = [sys.executable, __file__, str(artifact), "--turns", str(artifact), device,
+               "--turn-seconds", str(turn_seconds)]
+    workers = []
+    try:
+        for _ in range(processes):  # loaded one at a time: a compile must not overlap another's timing
+            worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            workers.append(worker)
+            if worker.stdout.readline().strip() != "ready":
+                raise SystemExit(f"a worker could not load {artifact} on {device}")
+        turns = [[] for _ in workers]
+        round_medians = []
+        for number in range(rounds):
+            order = range(processes) if number % 2 == 0 else reversed(range(processes))
+            for index in order:
+                workers[index].stdin.write("turn\n")
+                workers[index].stdin.flush()
+                turns[index].append(json.loads(workers[index].stdout.readline()))
+            round_medians.append(statistics.median(t[-1]["p50_ms"] for t in turns))
+    finally:
+        for worker in workers:
+            if worker.stdin:
+                worker.stdin.close()
+            worker.wait(timeout=60)
+    results = [{"p50_ms": statistics.median(t["p50_ms"] for t in mine), "runs": sum(t["runs"] for t in mine),
+                "fingerprint": mine[0]["fingerprint"]} for mine in turns]
+    return results, max(round_medians) / min(round_medians) - 1
+
+
+# ---------------------------------------------------------------------------------------
+# Report.
+
+
+def _row(artifact: Path, device: str, schedule: str, results: list[dict], host_drift: float | None) -> dict:
+    p50s = [r["p50_ms"] for r in results]
+    return {"artifact": artifact.name, "device": device, "schedule": schedule, "p50s": p50s,
+            "runs": min(r["runs"] for r in results), "fingerprint": results[0]["fingerprint"],
+            "spread": max(p50s) / min(p50s) - 1, "host_drift": host_drift}
+
+
 def _threads(fingerprint: dict) -> str:
     settings = fingerprint["settings"]
     return str(settings.get("intra_op_threads") or settings.get("inference_num_threads") or "?")
 
 
-def _report(rows, argv, load_before, load_after) -> str:
-    first = rows[0][2][0]["fingerprint"]
+def _table_line(row: dict) -> str:
+    fp = row["fingerprint"]
+    drift = "" if row["host_drift"] is None else f"{row['host_drift']:.1%}"
+    return (f"| {row['artifact']} | {row['device']} | {fp['runtime']} {fp['version'].split('-')[0]} "
+            f"| {_threads(fp)} | {row['schedule']} | {row['runs']} | {', '.join(f'{p:.3f}' for p in row['p50s'])} "
+            f"| {statistics.median(row['p50s']):.3f} | {row['spread']:.1%} "
+            f"| {'yes' if row['spread'] <= TARGET_SPREAD else 'no'} | {drift} |")
+
+
+def _report(rows: list[dict], argv, load_before, load_after) -> str:
     lines = [
         "# Latency stability across processes",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-        f"- hardware: {first['hardware']}",
+        f"- hardware: {rows[0]['fingerprint']['hardware']}",
         f"- command: `{shlex.join(['python', 'benchmarks/latency_stability.py', *argv])}`",
         f"- load average (1/5/15 min) before: {'/'.join(f'{x:.2f}' for x in load_before)}, "
         f"after: {'/'.join(f'{x:.2f}' for x in load_after)}",
         f"- each process: fresh runtime, no cache; spread = max/min - 1 of the per-process p50; "
-        f"target <= {TARGET_SPREAD:.0%} on an idle machine",
+        f"target <= {TARGET_SPREAD:.0%} on an idle machine; host drift (interleaved only) = max/min - 1 of the "
+        "per-round medians",
         "",
-        "| artifact | device | runtime | threads | runs/process | p50 per process (ms) | median p50 (ms) "
-        "| spread | <= 3% |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| artifact | device | runtime | threads | schedule | runs/process | p50 per process (ms) "
+        "| median p50 (ms) | spread | <= 3% | host drift |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for artifact, device, results in rows:
-        p50s = [r["p50_ms"] for r in results]
-        spread = max(p50s) / min(p50s) - 1
-        fp = results[0]["fingerprint"]
-        lines.append(
-            f"| {artifact.name} | {device} | {fp['runtime']} {fp['version'].split('-')[0]} | {_threads(fp)} "
-            f"| {min(r['runs'] for r in results)} | {', '.join(f'{p:.3f}' for p in p50s)} "
-            f"| {statistics.median(p50s):.3f} | {spread:.1%} | {'yes' if spread <= TARGET_SPREAD else 'no'} |")
+    lines += [_table_line(row) for row in rows]
     return "\n".join(lines)
 
 

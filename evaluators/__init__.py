@@ -20,7 +20,7 @@ from evaluators.base import (
 from evaluators.cache import LatencyCache, structure_hash
 from evaluators.exceptions import UserError
 from evaluators.recipe import Int8Recipe
-from evaluators.timing import TimingSettings, device_lock
+from evaluators.timing import LocalDevice, TimingSettings, device_lock
 
 # Built-in devices register on import (order = the order `known_devices()` lists them in).
 from evaluators import ort as _ort  # noqa: E402,F401  isort: skip
@@ -29,8 +29,8 @@ from evaluators import tensorrt as _tensorrt  # noqa: E402,F401  isort: skip
 from evaluators import remote as _remote  # noqa: E402,F401  isort: skip
 
 __all__ = [
-    "Device", "DeviceStatus", "Fingerprint", "Int8Recipe", "LatencyCache", "LatencyMeasurement", "TimingSettings",
-    "UserError", "available_devices", "check_artifact", "device_lock", "get_device", "known_devices",
+    "Device", "DeviceStatus", "Fingerprint", "Int8Recipe", "LatencyCache", "LatencyMeasurement", "LocalDevice",
+    "TimingSettings", "UserError", "available_devices", "check_artifact", "device_lock", "get_device", "known_devices",
     "register_device", "structure_hash",
 ]
 

@@ -18,8 +18,10 @@ sees a policy or a model object. Its contract:
   `evaluators.timing`), so concurrent callers queue instead of disturbing each other.
   `measure` is safe to call from several threads; calls are serialised.
 
-A new device is one file: subclass `Device`, implement `fingerprint()` and `_measure()`,
-and call `register_device(prefix, factory, available)` at import time.
+A new device is one file: subclass `evaluators.timing.LocalDevice` (a runtime in this
+process: implement `fingerprint()` and `open()`, the protocol comes with it) or `Device`
+(anything else, e.g. a remote agent: implement `fingerprint()` and `_measure()`), and
+call `register_device(prefix, factory, available)` at import time.
 """
 
 from __future__ import annotations

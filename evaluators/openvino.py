@@ -16,13 +16,13 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from evaluators.base import Device, Fingerprint, cpu_description, parse_count, register_device
+from evaluators.base import Fingerprint, cpu_description, parse_count, register_device
 from evaluators.exceptions import UserError
 from evaluators.recipe import Int8Recipe
-from evaluators.timing import measure_locally, wall_clock
+from evaluators.timing import LocalDevice, wall_clock
 
 
-class OpenVinoCpuDevice(Device):
+class OpenVinoCpuDevice(LocalDevice):
     """OpenVINO's CPU plugin with a fixed thread count."""
 
     precisions = ("fp32", "fp16", "int8")
@@ -46,25 +46,22 @@ class OpenVinoCpuDevice(Device):
             self._fingerprint = Fingerprint(cpu_description(), "openvino", ov.get_version(), settings)
         return self._fingerprint
 
-    def _measure(self, artifact_path: Path, settings, inputs: dict):
+    def open(self, artifact_path: Path, inputs: dict):
         import openvino as ov
 
-        def load():
-            core = ov.Core()
-            try:
-                model = core.read_model(str(artifact_path))
-                dynamic = {i.get_any_name(): i.get_partial_shape() for i in model.inputs}
-                if any(shape.is_dynamic for shape in dynamic.values()):
-                    model.reshape({name: list(inputs[name].shape) for name in dynamic})
-                compiled = core.compile_model(model, "CPU", {k: str(v) for k, v in self.config().items()})
-            except RuntimeError as exc:
-                raise UserError(f"OpenVINO cannot compile {artifact_path}: {str(exc).splitlines()[0][:200]}") from None
-            request = compiled.create_infer_request()
-            for name, array in inputs.items():
-                request.set_tensor(name, ov.Tensor(array))
-            return wall_clock(request.infer)
-
-        return measure_locally("cpu", load, settings, self.name, self.fingerprint())
+        core = ov.Core()
+        try:
+            model = core.read_model(str(artifact_path))
+            dynamic = {i.get_any_name(): i.get_partial_shape() for i in model.inputs}
+            if any(shape.is_dynamic for shape in dynamic.values()):
+                model.reshape({name: list(inputs[name].shape) for name in dynamic})
+            compiled = core.compile_model(model, "CPU", {k: str(v) for k, v in self.config().items()})
+        except RuntimeError as exc:
+            raise UserError(f"OpenVINO cannot compile {artifact_path}: {str(exc).splitlines()[0][:200]}") from None
+        request = compiled.create_infer_request()
+        for name, array in inputs.items():
+            request.set_tensor(name, ov.Tensor(array))
+        return wall_clock(request.infer)
 
 
 @functools.lru_cache(maxsize=1)

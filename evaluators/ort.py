@@ -17,16 +17,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from evaluators.base import Device, Fingerprint, cpu_description, gpu_description, parse_count, register_device
+from evaluators.base import Fingerprint, cpu_description, gpu_description, parse_count, register_device
 from evaluators.exceptions import UserError
 from evaluators.recipe import Int8Recipe
-from evaluators.timing import measure_locally, wall_clock
+from evaluators.timing import LocalDevice, wall_clock
 
 _PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
               "ort-trt": "TensorrtExecutionProvider"}
 
 
-class OrtDevice(Device):
+class OrtDevice(LocalDevice):
     """One ONNX Runtime execution provider with fixed settings."""
 
     def __init__(self, kind: str = "ort-cpu", *, threads: int = 1, gpu: int = 0, cache=None):
@@ -41,6 +41,7 @@ class OrtDevice(Device):
             signed = Int8Recipe(activations="int8", symmetric_activations=True)
             self.int8_recipe = None if kind == "ort-cuda" else signed
         super().__init__(name, cache=cache)
+        self.host = "cpu" if kind == "ort-cpu" else f"cuda:{gpu}"
         self._fingerprint = None
 
     def fingerprint(self) -> Fingerprint:
@@ -77,14 +78,9 @@ class OrtDevice(Device):
             raise UserError(f"onnxruntime fell back from {self.provider} to the CPU; check the CUDA/TensorRT install.")
         return session
 
-    def _measure(self, artifact_path: Path, settings, inputs: dict):
-        host = "cpu" if self.kind == "ort-cpu" else f"cuda:{self.gpu}"
-
-        def load():
-            session = self._session(artifact_path)
-            return wall_clock(lambda: session.run(None, inputs))
-
-        return measure_locally(host, load, settings, self.name, self.fingerprint())
+    def open(self, artifact_path: Path, inputs: dict):
+        session = self._session(artifact_path)
+        return wall_clock(lambda: session.run(None, inputs))
 
 
 def _ort_reason(exc: Exception) -> str:

@@ -20,14 +20,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from evaluators.base import Device, Fingerprint, gpu_description, parse_count, register_device
+from evaluators.base import Fingerprint, gpu_description, parse_count, register_device
 from evaluators.exceptions import UserError
 from evaluators.offline import squeezefit_home
 from evaluators.recipe import Int8Recipe
-from evaluators.timing import measure_locally
+from evaluators.timing import LocalDevice
 
 
-class TensorRtDevice(Device):
+class TensorRtDevice(LocalDevice):
     """TensorRT engines built from ONNX on CUDA GPU `gpu`."""
 
     precisions = ("fp32", "fp16", "int8")
@@ -37,6 +37,7 @@ class TensorRtDevice(Device):
     def __init__(self, gpu: int = 0, *, cache=None):
         super().__init__("tensorrt" if gpu == 0 else f"tensorrt:{gpu}", cache=cache)
         self.gpu = gpu
+        self.host = f"cuda:{gpu}"
         self._fingerprint = None
 
     def fingerprint(self) -> Fingerprint:
@@ -51,12 +52,8 @@ class TensorRtDevice(Device):
     def timing_cache_path(self) -> Path:
         return squeezefit_home() / ".squeezefit" / f"tensorrt-timing-{self.fingerprint().hash}.cache"
 
-    def _measure(self, artifact_path: Path, settings, inputs: dict):
-        def load():
-            plan = build_engine(artifact_path, self.timing_cache_path())
-            return _engine_runner(plan, inputs, self.gpu)
-
-        return measure_locally(f"cuda:{self.gpu}", load, settings, self.name, self.fingerprint())
+    def open(self, artifact_path: Path, inputs: dict):
+        return _engine_runner(build_engine(artifact_path, self.timing_cache_path()), inputs, self.gpu)
 
 
 def build_engine(onnx_path: Path, timing_cache: Path) -> bytes:

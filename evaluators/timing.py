@@ -28,13 +28,14 @@ import re
 import statistics
 import tempfile
 import time
+from abc import abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from evaluators.base import Fingerprint, LatencyMeasurement
+from evaluators.base import Device, Fingerprint, LatencyMeasurement
 from evaluators.exceptions import UserError
 
 
@@ -291,3 +292,27 @@ def measure_locally(host: str, load: Callable[[], Callable[[], float]], settings
             stats = run_protocol(timed_run, settings)
             del timed_run
     return stats.measurement(device, fingerprint, memory.peak_mb)
+
+
+class LocalDevice(Device):
+    """A device whose runtime lives in this process: it opens an artifact into a timed run.
+
+    Subclasses set `host` (the lock key: "cpu" for every CPU device, since they share
+    cores; "cuda:N" for a GPU) and implement `open()`; `measure()` then follows this
+    module's protocol. `open()` is public so a benchmark can hold one loaded artifact and
+    time it in several protocol runs (e.g. interleaved with other processes).
+    """
+
+    host: str = "cpu"
+
+    @abstractmethod
+    def open(self, artifact_path: Path, inputs: dict) -> Callable[[], float]:
+        """Load a checked artifact into the runtime; return a clock that runs it once and returns ms.
+
+        inputs: fixed input arrays by graph input name (`synthetic_inputs`). A file the
+        runtime cannot load raises `UserError`. The clock keeps the session alive.
+        """
+
+    def _measure(self, artifact_path: Path, settings: TimingSettings, inputs: dict) -> LatencyMeasurement:
+        return measure_locally(self.host, lambda: self.open(artifact_path, inputs), settings, self.name,
+                               self.fingerprint())

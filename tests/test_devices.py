@@ -191,3 +191,31 @@ def test_device_lock_excludes_other_processes(tmp_path, monkeypatch):
     with device_lock("cpu"):
         assert subprocess.run([sys.executable, "-c", probe]).returncode == 3
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
+def test_an_opened_artifact_serves_several_protocol_runs(artifact):
+    from evaluators import LocalDevice, check_artifact
+    from evaluators.timing import synthetic_inputs
+
+    device = get_device("ort-cpu", cache=False)
+    assert isinstance(device, LocalDevice) and device.host == "cpu"
+    timed_run = device.open(artifact, synthetic_inputs(check_artifact(artifact)))
+    first, second = run_protocol(timed_run, TINY), run_protocol(timed_run, TINY)
+    assert first.p50_ms > 0 and second.p50_ms > 0 and first.runs >= TINY.min_runs
+    assert not issubclass(RemoteDevice, LocalDevice)  # a remote device times on its own host
+
+
+def test_stability_benchmark_reports_both_schedules(artifact, tmp_path):
+    report = tmp_path / "stability.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "latency_stability.py"
+    done = subprocess.run([sys.executable, str(script), str(artifact), "--devices", "ort-cpu", "--processes", "2",
+                           "--runs", "5", "--min-seconds", "0.05", "--rounds", "2", "--turn-seconds", "0.05",
+                           "--output", str(report)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in report.read_text().splitlines() if line.startswith(f"| {artifact.name}")]
+    assert [row[4] for row in rows] == ["sequential", "interleaved"]
+    for row in rows:
+        p50s = [float(p) for p in row[6].split(", ")]
+        assert len(p50s) == 2 and min(p50s) > 0
+        assert abs(float(row[8].rstrip("%")) / 100 - (max(p50s) / min(p50s) - 1)) < 0.005  # p50s print rounded
+    assert rows[0][10].strip(" |") == "" and rows[1][10].strip(" |").endswith("%")
