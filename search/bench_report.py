@@ -13,6 +13,7 @@ from search.bench import (
     BUDGET_FRACTIONS, CONTENDERS, FP32, RANDOM, SEARCH, UNIFORM, BenchPoint, BenchResult, best_under, check_targets,
     front, hypervolume, retained, speedup,
 )  # fmt: skip
+from search.front import latency_map_axes, save_latency_map_plot
 
 _TITLES = {FP32: "FP32 baseline", UNIFORM: "uniform", RANDOM: "random search"}
 
@@ -130,13 +131,8 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
 
 def plot_bench(result: BenchResult, png: Path) -> Path:
     """mAP50-95 vs p50 latency: every contender's complete points, the two search fronts, budget lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     l0, budget = result.baseline_latency_ms, result.budget_ms
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    fig, ax = latency_map_axes((9, 5.5))
     # The random front is drawn last, dashed, so it stays visible where the two fronts coincide.
     for c, colour, style, width in ((SEARCH, "#4C72B0", "-", 3.0), (RANDOM, "#555555", "--", 1.5)):
         pts = [p for p in result.of(c) if p.status == "complete"]
@@ -153,17 +149,8 @@ def plot_bench(result: BenchResult, png: Path) -> Path:
         ax.axvline(fraction * l0, ls=style, c="#C44E52", lw=1, label=f"{fraction:g}·L0 = {fraction * l0:.2f} ms")
     if all(abs(budget - f * l0) > 1e-3 * l0 for f in BUDGET_FRACTIONS):
         ax.axvline(budget, ls="--", c="k", lw=1, label=f"search budget {budget:.2f} ms")
-    ax.set_xlabel("p50 latency (ms)")
-    ax.set_ylabel("mAP50-95 (deployed artifact)")
-    ax.set_title(f"{result.name}: {result.config.get('name')} on {result.config.get('device')}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    heading = f"{result.name}: {result.config.get('name')} on {result.config.get('device')}"
+    return save_latency_map_plot(fig, ax, png, title=heading, legend_size=7)
 
 
 def write_outputs(result: BenchResult, report: Path) -> tuple[Path, Path, Path]:

@@ -54,15 +54,37 @@ def best_under(table: pd.DataFrame, budget_ms: float) -> pd.Series | None:
     return None if fits.empty else fits.sort_values(["map50_95", "latency_ms"], ascending=[False, True]).iloc[0]
 
 
-def plot_front(table: pd.DataFrame, budget_ms: float, png: Path, *, title: str = "", html: Path | None = None) -> Path:
-    """mAP50-95 vs p50 latency: all trials, the front, the budget line, references labelled."""
+def latency_map_axes(figsize: tuple[float, float]):
+    """A new off-screen (Agg) matplotlib figure and axes for a mAP-vs-latency plot; size in inches."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=figsize, dpi=110)
+
+
+def save_latency_map_plot(fig, ax, png: Path, *, title: str, legend_size: float) -> Path:
+    """Label the axes (p50 ms, mAP50-95), add grid, title and legend, write `png` (folders made), close `fig`."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("p50 latency (ms)")
+    ax.set_ylabel("mAP50-95 (deployed artifact)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size, loc="lower right")
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def plot_front(table: pd.DataFrame, budget_ms: float, png: Path, *, title: str = "", html: Path | None = None) -> Path:
+    """mAP50-95 vs p50 latency: all trials, the front, the budget line, references labelled."""
     front = pareto_front(table)
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    fig, ax = latency_map_axes((8, 5))
     styles = {"complete": ("o", "#4C72B0"), "infeasible": ("x", "#C44E52"), "pruned": ("v", "#8C8C8C")}
     for status, (marker, colour) in styles.items():
         part = table[table["status"] == status]
@@ -73,16 +95,7 @@ def plot_front(table: pd.DataFrame, budget_ms: float, png: Path, *, title: str =
     ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"budget {budget_ms:.2f} ms")
     for _, row in table[table["reference"] != ""].iterrows():
         ax.annotate(row["reference"], (row["latency_ms"], row["map50_95"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("p50 latency (ms)")
-    ax.set_ylabel("mAP50-95 (deployed artifact)")
-    ax.set_title(title or "squeezefit study")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
+    png = save_latency_map_plot(fig, ax, png, title=title or "squeezefit study", legend_size=8)
     if html is not None:
         _plot_html(table, front, budget_ms, Path(html), title)
     return png

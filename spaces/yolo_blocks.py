@@ -29,18 +29,22 @@ from ultralytics.nn.modules.block import C2PSA, C2f  # noqa: E402
 _LAYER_ATTRS = ("i", "f", "type", "np")
 
 
-class C2fSplit(nn.Module):
-    """C2f / C3k2 without `chunk`: `cv0` makes the first half, `cv1` the second half.
+class _SplitBlock(nn.Module):
+    """A block whose input conv is split in two (`cv0`, `cv1`), its inner modules `m` and output conv `cv2`."""
 
-    Output equals the original block's output for the same weights (eval mode).
-    """
-
-    def __init__(self, cv0: nn.Module, cv1: nn.Module, m: nn.ModuleList, cv2: nn.Module):
+    def __init__(self, cv0: nn.Module, cv1: nn.Module, m: nn.Module, cv2: nn.Module):
         super().__init__()
         self.cv0 = cv0
         self.cv1 = cv1
         self.m = m
         self.cv2 = cv2
+
+
+class C2fSplit(_SplitBlock):
+    """C2f / C3k2 without `chunk`: `cv0` makes the first half, `cv1` the second half.
+
+    Output equals the original block's output for the same weights (eval mode).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = [self.cv0(x), self.cv1(x)]
@@ -48,15 +52,8 @@ class C2fSplit(nn.Module):
         return self.cv2(torch.cat(y, 1))
 
 
-class C2PSASplit(nn.Module):
+class C2PSASplit(_SplitBlock):
     """C2PSA without `split`: `cv0` makes the bypass half, `cv1` the half the PSA blocks see."""
-
-    def __init__(self, cv0: nn.Module, cv1: nn.Module, m: nn.Sequential, cv2: nn.Module):
-        super().__init__()
-        self.cv0 = cv0
-        self.cv1 = cv1
-        self.m = m
-        self.cv2 = cv2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv2(torch.cat((self.cv0(x), self.m(self.cv1(x))), 1))
