@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all
+.PHONY: demo test test-slow test-all lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/squeezefit search studies/default.yaml
 
-## The test suite (fast tests; `make test-all` adds the slow ones).
+## The test suite: the fast tests of every layer plus the end-to-end smoke search.
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+## The minutes-long end-to-end checks left out of `make test` (CI runs them after it).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+## Everything at once.
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
+
+## Formatting, lint and the layer contract (spaces -> evaluators -> search).
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports

@@ -20,12 +20,13 @@ from datetime import date
 from pathlib import Path
 
 from evaluators.accuracy import measure_accuracy
-from evaluators.base import get_device
-from evaluators.offline import data_dir, ensure_offline
-from evaluators.recipe import Int8Recipe
-from search.baseline import REPO_BASELINE, BaselineRecord
-from search.embedded_data import DatasetSpec, generate_dataset
-from search.setup import calibration_images
+from evaluators.environment import ensure_offline
+from evaluators.paths import data_dir
+from evaluators.registry import get_device
+from evaluators.vocabulary import Int8Recipe
+from search.embedded.baseline import REPO_BASELINE, BaselineRecord
+from search.embedded.data import DatasetSpec, generate_dataset
+from search.prepare import calibration_images
 from spaces.onnx_export import export_onnx, precision_units
 from spaces.precision import build_artifact, uniform_precisions
 from spaces.pruning import apply_pruning, pruning_units, uniform_ratios
@@ -34,8 +35,14 @@ ensure_offline()
 
 from ultralytics.nn.tasks import load_checkpoint  # noqa: E402
 
-POLICIES = (("fp32", 0.0, "fp32"), ("prune 0.25", 0.25, "fp32"), ("prune 0.5", 0.5, "fp32"),
-            ("all-int8", 0.0, "int8"), ("prune 0.25 + int8", 0.25, "int8"), ("prune 0.5 + int8", 0.5, "int8"))  # fmt: skip
+POLICIES = (
+    ("fp32", 0.0, "fp32"),
+    ("prune 0.25", 0.25, "fp32"),
+    ("prune 0.5", 0.5, "fp32"),
+    ("all-int8", 0.0, "int8"),
+    ("prune 0.25 + int8", 0.25, "int8"),
+    ("prune 0.5 + int8", 0.5, "int8"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,14 +65,29 @@ def main(argv: list[str] | None = None) -> int:
             probe = export_onnx(pruned.model, Path(tmp) / "probe.onnx", imgsz=record.imgsz, names=model.names)
             precisions = uniform_precisions(list(precision_units(probe)), precision)
             artifact = build_artifact(
-                pruned.model, precisions, Path(tmp) / f"{len(rows)}.onnx", imgsz=record.imgsz, names=model.names,
-                calibration_images=calib, recipe=device.int8_recipe or Int8Recipe(),
-            )  # fmt: skip
+                pruned.model,
+                precisions,
+                Path(tmp) / f"{len(rows)}.onnx",
+                imgsz=record.imgsz,
+                names=model.names,
+                calibration_images=calib,
+                recipe=device.int8_recipe or Int8Recipe(),
+            )
             latency = device.measure(artifact.path)
             runtime = "openvino" if device.fingerprint().runtime == "openvino" else "onnxruntime"
-            acc = measure_accuracy(artifact.path, data_yaml, imgsz=record.imgsz, runtime=runtime, max_images=args.val_images, workdir=Path(tmp))
+            acc = measure_accuracy(
+                artifact.path,
+                data_yaml,
+                imgsz=record.imgsz,
+                runtime=runtime,
+                max_images=args.val_images,
+                workdir=Path(tmp),
+            )
             rows.append((label, pruned.macs, pruned.params, latency.p50_ms, latency.p90_ms, acc.map50_95))
-            print(f"{label:<20} {pruned.macs / 1e6:8.1f} MMACs {pruned.params / 1e6:6.3f} M params  p50 {latency.p50_ms:6.2f} ms  mAP50-95 {acc.map50_95:.4f}", flush=True)
+            print(
+                f"{label:<20} {pruned.macs / 1e6:8.1f} MMACs {pruned.params / 1e6:6.3f} M params  p50 {latency.p50_ms:6.2f} ms  mAP50-95 {acc.map50_95:.4f}",
+                flush=True,
+            )
 
     base_ms, base_map = rows[0][3], rows[0][5]
     fp = device.fingerprint()
@@ -80,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     for label, macs, params, p50, p90, m in rows:
-        lines.append(f"| {label} | {macs / 1e6:.1f} | {params / 1e6:.3f} | {p50:.2f} | {p90:.2f} | {base_ms / p50:.2f}x | {m:.4f} | {m / base_map:.1%} |")
+        lines.append(
+            f"| {label} | {macs / 1e6:.1f} | {params / 1e6:.3f} | {p50:.2f} | {p90:.2f} | {base_ms / p50:.2f}x | {m:.4f} | {m / base_map:.1%} |"
+        )
     report = "\n".join(lines) + "\n"
     print(report)
     if args.output:

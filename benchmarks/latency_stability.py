@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         for device in args.devices:
             for schedule in schedules:
                 if schedule == "sequential":
-                    p50s = [_in_fresh_process(artifact, device, args.runs, args.min_seconds)
-                            for _ in range(args.processes)]
+                    p50s = [
+                        _in_fresh_process(artifact, device, args.runs, args.min_seconds) for _ in range(args.processes)
+                    ]
                     rows.append(_row(artifact, device, schedule, p50s, host_drift=None))
                 else:
                     p50s, drift = _interleaved(artifact, device, args.processes, args.rounds, args.turn_seconds)
@@ -98,8 +99,18 @@ def _worker(artifact: Path, device_name: str, runs: int, min_seconds: float) -> 
 
 
 def _in_fresh_process(artifact: Path, device: str, runs: int, min_seconds: float) -> dict:
-    command = [sys.executable, __file__, str(artifact), "--worker", str(artifact), device,
-               "--runs", str(runs), "--min-seconds", str(min_seconds)]
+    command = [
+        sys.executable,
+        __file__,
+        str(artifact),
+        "--worker",
+        str(artifact),
+        device,
+        "--runs",
+        str(runs),
+        "--min-seconds",
+        str(min_seconds),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"measuring {artifact} on {device} failed:\n{done.stderr}")
@@ -113,7 +124,8 @@ def _in_fresh_process(artifact: Path, device: str, runs: int, min_seconds: float
 def _turn_taker(artifact: Path, device_name: str, turn_seconds: float) -> int:
     """Load the artifact once, answer "ready", then time one protocol run per "turn" line."""
     from evaluators import LocalDevice, TimingSettings, check_artifact, device_lock, get_device
-    from evaluators.timing import run_protocol, synthetic_inputs
+    from evaluators.inputs import synthetic_inputs
+    from evaluators.timing import run_protocol
 
     device = get_device(device_name, cache=False)
     if not isinstance(device, LocalDevice):
@@ -134,8 +146,16 @@ def _turn_taker(artifact: Path, device_name: str, turn_seconds: float) -> int:
 
 def _interleaved(artifact: Path, device: str, processes: int, rounds: int, turn_seconds: float):
     """Per-process results (p50 = median of the turns' p50s) and the host drift over the rounds."""
-    command = [sys.executable, __file__, str(artifact), "--turns", str(artifact), device,
-               "--turn-seconds", str(turn_seconds)]
+    command = [
+        sys.executable,
+        __file__,
+        str(artifact),
+        "--turns",
+        str(artifact),
+        device,
+        "--turn-seconds",
+        str(turn_seconds),
+    ]
     workers = []
     try:
         for _ in range(processes):  # loaded one at a time: a compile must not overlap another's timing
@@ -157,8 +177,14 @@ def _interleaved(artifact: Path, device: str, processes: int, rounds: int, turn_
             if worker.stdin:
                 worker.stdin.close()
             worker.wait(timeout=60)
-    results = [{"p50_ms": statistics.median(t["p50_ms"] for t in mine), "runs": sum(t["runs"] for t in mine),
-                "fingerprint": mine[0]["fingerprint"]} for mine in turns]
+    results = [
+        {
+            "p50_ms": statistics.median(t["p50_ms"] for t in mine),
+            "runs": sum(t["runs"] for t in mine),
+            "fingerprint": mine[0]["fingerprint"],
+        }
+        for mine in turns
+    ]
     return results, max(round_medians) / min(round_medians) - 1
 
 
@@ -168,9 +194,16 @@ def _interleaved(artifact: Path, device: str, processes: int, rounds: int, turn_
 
 def _row(artifact: Path, device: str, schedule: str, results: list[dict], host_drift: float | None) -> dict:
     p50s = [r["p50_ms"] for r in results]
-    return {"artifact": artifact.name, "device": device, "schedule": schedule, "p50s": p50s,
-            "runs": min(r["runs"] for r in results), "fingerprint": results[0]["fingerprint"],
-            "spread": max(p50s) / min(p50s) - 1, "host_drift": host_drift}
+    return {
+        "artifact": artifact.name,
+        "device": device,
+        "schedule": schedule,
+        "p50s": p50s,
+        "runs": min(r["runs"] for r in results),
+        "fingerprint": results[0]["fingerprint"],
+        "spread": max(p50s) / min(p50s) - 1,
+        "host_drift": host_drift,
+    }
 
 
 def _threads(fingerprint: dict) -> str:
@@ -181,10 +214,12 @@ def _threads(fingerprint: dict) -> str:
 def _table_line(row: dict) -> str:
     fp = row["fingerprint"]
     drift = "" if row["host_drift"] is None else f"{row['host_drift']:.1%}"
-    return (f"| {row['artifact']} | {row['device']} | {fp['runtime']} {fp['version'].split('-')[0]} "
-            f"| {_threads(fp)} | {row['schedule']} | {row['runs']} | {', '.join(f'{p:.3f}' for p in row['p50s'])} "
-            f"| {statistics.median(row['p50s']):.3f} | {row['spread']:.1%} "
-            f"| {'yes' if row['spread'] <= TARGET_SPREAD else 'no'} | {drift} |")
+    return (
+        f"| {row['artifact']} | {row['device']} | {fp['runtime']} {fp['version'].split('-')[0]} "
+        f"| {_threads(fp)} | {row['schedule']} | {row['runs']} | {', '.join(f'{p:.3f}' for p in row['p50s'])} "
+        f"| {statistics.median(row['p50s']):.3f} | {row['spread']:.1%} "
+        f"| {'yes' if row['spread'] <= TARGET_SPREAD else 'no'} | {drift} |"
+    )
 
 
 def _report(rows: list[dict], argv, load_before, load_after) -> str:

@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", help="Optuna storage URL (default: SQLite under studies/)")
     parser.add_argument("--devices", nargs="+", default=["openvino-cpu", "ort-cpu:2"], help="devices to transfer to")
     parser.add_argument("--select", choices=("all", "front+topK"), default="all", help="which source trials to carry")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown report (default benchmarks/results/transfer.md)")
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help="markdown report (default benchmarks/results/transfer.md)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the transferred studies and their outputs")
     args = parser.parse_args(argv)
 
@@ -51,8 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_transfer(args.study, storage, device, name, args.select))
         if not args.keep:
             _delete(name, storage)
-    text = _report(source, study_record(source), study_seconds(source), rows, argv if argv is not None else sys.argv[1:],
-                   load_before, os.getloadavg())  # fmt: skip
+    text = _report(
+        source,
+        study_record(source),
+        study_seconds(source),
+        rows,
+        argv if argv is not None else sys.argv[1:],
+        load_before,
+        os.getloadavg(),
+    )
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text + "\n")
@@ -63,8 +72,23 @@ def _transfer(study: str, storage: str, device: str, name: str, select: str) -> 
     """Run one transfer in a fresh process with a fresh latency cache; its report plus the outer wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, SQUEEZEFIT_LATENCY_CACHE=str(Path(tmp) / "latency.sqlite"), OMP_NUM_THREADS="1")
-        command = [sys.executable, "-m", "search.cli", "transfer", "--study", study, "--storage", storage,
-                   "--device", device, "--name", name, "--select", select, "--json"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "search.cli",
+            "transfer",
+            "--study",
+            study,
+            "--storage",
+            storage,
+            "--device",
+            device,
+            "--name",
+            name,
+            "--select",
+            select,
+            "--json",
+        ]
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         wall = time.perf_counter() - start
@@ -86,11 +110,13 @@ def _delete(name: str, storage: str) -> None:
 def _versions() -> str:
     from importlib.metadata import version
 
-    return ", ".join(f"{p} {version(p)}" for p in ("torch", "ultralytics", "onnxruntime", "openvino", "nncf", "optuna", "scipy"))
+    return ", ".join(
+        f"{p} {version(p)}" for p in ("torch", "ultralytics", "onnxruntime", "openvino", "nncf", "optuna", "scipy")
+    )
 
 
 def _report(source, record: dict, source_s: float, rows: list[dict], argv, load_before, load_after) -> str:
-    from evaluators.base import cpu_description
+    from evaluators.hardware import cpu_description
 
     config = record["config"]
     lines = [
@@ -122,18 +148,22 @@ def _report(source, record: dict, source_s: float, rows: list[dict], argv, load_
             f"| {row['device']} | {len(r['trials'])} | {revalidated} | {len(r['skipped'])} | {wall / 60:.2f} "
             f"| {fraction:.1%} | {'yes' if fraction <= TARGET_FRACTION else 'no'} | {'n/a' if rho is None else f'{rho:.3f}'} "
             f"| {len(r['source_front'])} | {len(r['front'])} | {_trials(r['lost_from_front'])} | {_trials(r['gained_on_front'])} |"
-        )  # fmt: skip
+        )
     for row in rows:
         r = row["report"]
-        lines += ["", f"## {r['source_device']} -> {row['device']} (budget {r['budget_ms']:.2f} ms, baseline FP32 "
-                  f"{r['baseline_latency_ms']:.2f} ms; source budget {r['source_budget_ms']:.2f} ms)", "",
-                  "| source trial | reference | status | mAP50-95 source -> here | mAP | p50 ms source -> here | changes |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"## {r['source_device']} -> {row['device']} (budget {r['budget_ms']:.2f} ms, baseline FP32 "
+            f"{r['baseline_latency_ms']:.2f} ms; source budget {r['source_budget_ms']:.2f} ms)",
+            "",
+            "| source trial | reference | status | mAP50-95 source -> here | mAP | p50 ms source -> here | changes |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for t in r["trials"]:
             lines.append(
                 f"| {t['source_trial']} | {t['reference'] or '-'} | {t['status']} | {t['source_map50_95']:.4f} -> {t['map50_95']:.4f} "
                 f"| {t['map_source']} | {t['source_latency_ms']:.2f} -> {t['latency_ms']:.2f} | {'; '.join(t['changes']) or '-'} |"
-            )  # fmt: skip
+            )
         for s in r["skipped"]:
             lines.append(f"\nskipped source trial {s['source_trial']}: {s['reason']}")
     return "\n".join(lines)

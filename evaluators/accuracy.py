@@ -18,14 +18,14 @@ from pathlib import Path
 
 import yaml
 
-from evaluators.base import check_artifact
-from evaluators.exceptions import UserError
-from evaluators.offline import VAL_DEFAULTS, ensure_offline, runs_dir
-
-ensure_offline()
+from evaluators.artifact import check_artifact
+from evaluators.datasets import split_images, subset_data_yaml
+from evaluators.paths import runs_dir
+from evaluators.vocabulary import UserError
 
 RUNTIMES = ("onnxruntime", "openvino")
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+# Arguments every validation of squeezefit passes: no plots (they fetch a font), quiet.
+VAL_DEFAULTS: dict = {"plots": False, "verbose": False}
 
 
 @dataclass(frozen=True)
@@ -43,37 +43,6 @@ class AccuracyMeasurement:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def split_images(data_yaml: Path, split: str) -> tuple[dict, list[Path]]:
-    """The data YAML's contents and the image files of `split`, sorted by name."""
-    try:
-        data = yaml.safe_load(Path(data_yaml).read_text())
-    except (OSError, yaml.YAMLError):
-        raise UserError(f"data set file {data_yaml} cannot be read as YAML.") from None
-    if not isinstance(data, dict) or split not in data:
-        raise UserError(f"data set file {data_yaml} has no {split!r} split.")
-    root = Path(data.get("path") or Path(data_yaml).parent)
-    entry = Path(data[split]) if Path(data[split]).is_absolute() else root / data[split]
-    if entry.is_dir():
-        images = sorted(p for p in entry.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-    elif entry.suffix == ".txt" and entry.is_file():
-        images = [Path(line.strip()) for line in entry.read_text().splitlines() if line.strip()]
-    else:
-        raise UserError(f"the {split!r} split of {data_yaml} points to {entry}, which does not exist.")
-    return data, images
-
-
-def subset_data_yaml(data_yaml: Path, split: str, max_images: int, workdir: Path) -> Path:
-    """A data YAML (written in `workdir`) whose `split` lists only the first `max_images` images, sorted by name."""
-    data, images = split_images(data_yaml, split)
-    listing = workdir / f"{split}-first{max_images}.txt"
-    listing.write_text("".join(f"{p.resolve()}\n" for p in images[:max_images]))
-    subset = dict(data, path=str(Path(data.get("path") or Path(data_yaml).parent).resolve()), **{split: str(listing)})
-    subset.pop("download", None)
-    out = workdir / f"data-{split}-first{max_images}.yaml"
-    out.write_text(yaml.safe_dump(subset, sort_keys=False))
-    return out
 
 
 def openvino_model_dir(onnx_path: Path) -> Path:
@@ -114,15 +83,23 @@ def measure_accuracy(
     workdir = Path(workdir or runs_dir() / "accuracy")
     workdir.mkdir(parents=True, exist_ok=True)
     data_yaml = Path(data_yaml)
-    if max_images:
-        data_yaml = subset_data_yaml(data_yaml, split, max_images, workdir)
+    data_yaml = subset_data_yaml(data_yaml, split, max_images, workdir)
     _, images = split_images(data_yaml, split)
     model_path = openvino_model_dir(artifact) if runtime == "openvino" else artifact
     start = time.perf_counter()
     model = YOLO(str(model_path), task="detect")
     kwargs = {"imgsz": imgsz} if imgsz else {}
     metrics = model.val(
-        data=str(data_yaml), split=split, batch=1, device="cpu", workers=0, project=str(workdir), name="val", exist_ok=True, **kwargs, **VAL_DEFAULTS
+        data=str(data_yaml),
+        split=split,
+        batch=1,
+        device="cpu",
+        workers=0,
+        project=str(workdir),
+        name="val",
+        exist_ok=True,
+        **kwargs,
+        **VAL_DEFAULTS,
     )
     return AccuracyMeasurement(
         map50_95=float(metrics.box.map),

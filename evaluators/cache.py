@@ -1,122 +1,45 @@
 """Measured latencies, reused by artifact structure and device fingerprint.
 
-Latency depends on an artifact's structure and precision, not on its trained weights, so
-a measurement is keyed by (structure hash, device fingerprint hash, timing settings key).
-An untrained and a fine-tuned artifact of one policy share an entry; a re-pruned or
-re-quantized one does not. Entries are never overwritten by a different value: the first
-measurement of a key is the one every later caller sees.
+A measurement is keyed by (structure hash, device fingerprint hash, timing settings key);
+see `evaluators.artifact.structure_hash`. Entries are never overwritten by a different
+value: the first measurement of a key is the one every later caller sees.
 
 The store is one SQLite file (default `<squeezefit home>/.squeezefit/latency-cache.sqlite`,
-or `SQUEEZEFIT_LATENCY_CACHE`), safe for several processes on one machine.
+or `SQUEEZEFIT_LATENCY_CACHE`), safe for several processes on one machine. It stores a
+measurement as the dict of `LatencyMeasurement.to_dict()`; `Device.measure` turns it back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
 import time
 from pathlib import Path
 
-from evaluators.base import LatencyMeasurement
-from evaluators.offline import squeezefit_home
-
-# Inputs whose values are weights or quantization parameters: only their type and shape
-# enter the structure hash (training and calibration change them, timing doesn't).
-_WEIGHT_INPUTS = {
-    "Conv": {1, 2}, "ConvTranspose": {1, 2}, "Gemm": {1, 2}, "MatMul": {1},
-    "BatchNormalization": {1, 2, 3, 4}, "InstanceNormalization": {1, 2}, "LayerNormalization": {1, 2},
-    "PRelu": {1}, "QuantizeLinear": {1, 2}, "DequantizeLinear": {0, 1, 2},
-    "QLinearConv": {1, 2, 3, 4, 5, 6, 7, 8}, "QLinearMatMul": {1, 2, 3, 4, 5, 6, 7},
-}
-# Small constants (shapes, axes, Resize scales) are structure: their values change the work.
-_MAX_STRUCTURAL_ELEMENTS = 64
-
-
-def structure_hash(model_or_path) -> str:
-    """16-hex-digit hash of an ONNX graph's structure, blind to weight values.
-
-    Covers opsets, graph inputs/outputs (types and shapes), every node in order (op,
-    domain, name, attributes, wiring), initializer types and shapes, and the values of
-    small non-weight constants (shapes, axes, scales of Resize). Tensor names enter only
-    through the wiring, so renaming tensors does not change the hash.
-    """
-    import onnx
-
-    model = model_or_path
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model_or_path), load_external_data=False)
-    canonical = {
-        "opsets": sorted((o.domain, o.version) for o in model.opset_import),
-        "graph": _graph(model.graph, {}),
-    }
-    return hashlib.sha256(json.dumps(canonical, default=str).encode()).hexdigest()[:16]
-
-
-def _graph(graph, ids: dict) -> dict:
-    from onnx import helper
-
-    def ref(name: str):
-        return ids.setdefault(name, len(ids)) if name else None
-
-    weights = {name for node in graph.node for i, name in enumerate(node.input)
-               if i in _WEIGHT_INPUTS.get(node.op_type, ())}
-
-    def tensor(t, name):
-        described = [t.data_type, list(t.dims)]
-        size = 1
-        for d in t.dims:
-            size *= d
-        if size <= _MAX_STRUCTURAL_ELEMENTS and name not in weights:
-            from onnx import numpy_helper
-
-            described.append(numpy_helper.to_array(t).tolist())
-        return described
-
-    def attribute(value, outputs):
-        if isinstance(value, list):
-            return [attribute(v, outputs) for v in value]
-        if hasattr(value, "dims") and hasattr(value, "data_type"):  # TensorProto
-            return tensor(value, outputs[0] if outputs else "")
-        if hasattr(value, "node") and hasattr(value, "initializer"):  # GraphProto
-            return _graph(value, ids)
-        if isinstance(value, bytes):
-            return value.decode(errors="replace")
-        return value if isinstance(value, (int, float, str)) else str(value)
-
-    def value_info(v):
-        t = v.type.tensor_type
-        return [ref(v.name), t.elem_type, [d.dim_value if d.HasField("dim_value") else "?" for d in t.shape.dim]]
-
-    initializers = {init.name for init in graph.initializer}
-    inputs = [value_info(v) for v in graph.input if v.name not in initializers]
-    constants = sorted(([ref(i.name), tensor(i, i.name)] for i in graph.initializer), key=lambda x: x[0])
-    nodes = [[n.op_type, n.domain, n.name, [ref(i) for i in n.input], [ref(o) for o in n.output],
-              sorted((a.name, attribute(helper.get_attribute_value(a), list(n.output))) for a in n.attribute)]
-             for n in graph.node]
-    outputs = [value_info(v) for v in graph.output]
-    return {"inputs": inputs, "initializers": constants, "nodes": nodes, "outputs": outputs}
+from evaluators.paths import state_dir
 
 
 def default_cache_path() -> Path:
     """`SQUEEZEFIT_LATENCY_CACHE` if set, else <squeezefit home>/.squeezefit/latency-cache.sqlite."""
     if env := os.environ.get("SQUEEZEFIT_LATENCY_CACHE"):
         return Path(env).expanduser()
-    return squeezefit_home() / ".squeezefit" / "latency-cache.sqlite"
+    return state_dir() / "latency-cache.sqlite"
 
 
 class LatencyCache:
-    """SQLite store of `LatencyMeasurement`s by (structure, fingerprint hash, settings key)."""
+    """SQLite store of measurement dicts by (structure, fingerprint hash, settings key)."""
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS latency (structure TEXT, fingerprint TEXT, settings TEXT, "
-                       "measurement TEXT NOT NULL, created REAL NOT NULL, "
-                       "PRIMARY KEY (structure, fingerprint, settings))")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS latency (structure TEXT, fingerprint TEXT, settings TEXT, "
+                "measurement TEXT NOT NULL, created REAL NOT NULL, "
+                "PRIMARY KEY (structure, fingerprint, settings))"
+            )
 
     @contextlib.contextmanager
     def _connect(self):
@@ -127,23 +50,25 @@ class LatencyCache:
         finally:
             db.close()
 
-    def get(self, structure: str, fingerprint: str, settings: str) -> LatencyMeasurement | None:
-        """The stored measurement, marked `cached=True`, or None."""
+    def get(self, structure: str, fingerprint: str, settings: str) -> dict | None:
+        """The stored measurement dict, marked `cached: True`, or None."""
         with self._connect() as db:
-            row = db.execute("SELECT measurement FROM latency WHERE structure=? AND fingerprint=? AND settings=?",
-                             (structure, fingerprint, settings)).fetchone()
+            row = db.execute(
+                "SELECT measurement FROM latency WHERE structure=? AND fingerprint=? AND settings=?",
+                (structure, fingerprint, settings),
+            ).fetchone()
         if row is None:
             return None
-        data = json.loads(row[0])
-        data["cached"] = True
-        return LatencyMeasurement.from_dict(data)
+        return {**json.loads(row[0]), "cached": True}
 
-    def put(self, structure: str, fingerprint: str, settings: str, measurement: LatencyMeasurement) -> None:
-        """Store a measurement unless one is already stored for the key."""
-        data = json.dumps(measurement.to_dict())
+    def put(self, structure: str, fingerprint: str, settings: str, measurement: dict) -> None:
+        """Store a measurement dict unless one is already stored for the key."""
+        data = json.dumps(measurement)
         with self._connect() as db:
-            db.execute("INSERT OR IGNORE INTO latency VALUES (?, ?, ?, ?, ?)",
-                       (structure, fingerprint, settings, data, time.time()))
+            db.execute(
+                "INSERT OR IGNORE INTO latency VALUES (?, ?, ?, ?, ?)",
+                (structure, fingerprint, settings, data, time.time()),
+            )
 
     def __len__(self) -> int:
         with self._connect() as db:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from evaluators.base import Fingerprint, cpu_description, parse_count, register_device
-from evaluators.exceptions import UserError
-from evaluators.recipe import Int8Recipe
+from evaluators.base import Fingerprint
+from evaluators.hardware import cpu_description
+from evaluators.registry import parse_count, register_device
 from evaluators.timing import LocalDevice, wall_clock
+from evaluators.vocabulary import Int8Recipe, UserError
 
 
 class OpenVinoCpuDevice(LocalDevice):
@@ -27,6 +28,7 @@ class OpenVinoCpuDevice(LocalDevice):
 
     precisions = ("fp32", "fp16", "int8")
     int8_recipe = Int8Recipe(quantizer="nncf", symmetric_activations=True)
+    accuracy_runtime = "openvino"
 
     def __init__(self, threads: int = 1, *, cache=None):
         super().__init__("openvino-cpu" if threads == 1 else f"openvino-cpu:{threads}", cache=cache)
@@ -35,8 +37,12 @@ class OpenVinoCpuDevice(LocalDevice):
 
     def config(self) -> dict:
         """The compile-time properties; every one is part of the fingerprint."""
-        return {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-                "INFERENCE_PRECISION_HINT": "f32"}
+        return {
+            "INFERENCE_NUM_THREADS": self.threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
 
     def fingerprint(self) -> Fingerprint:
         if self._fingerprint is None:
@@ -75,7 +81,11 @@ def _available() -> tuple[bool, str]:
     return True, ""
 
 
-register_device("openvino-cpu",
-                lambda arg, **options: OpenVinoCpuDevice(
-                    parse_count(arg, what="threads", device="openvino-cpu", default=1), **options),
-                _available, usage="openvino-cpu[:threads]")
+register_device(
+    "openvino-cpu",
+    lambda arg, **options: OpenVinoCpuDevice(
+        parse_count(arg, what="threads", device="openvino-cpu", default=1), **options
+    ),
+    _available,
+    usage="openvino-cpu[:threads]",
+)

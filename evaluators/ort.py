@@ -17,13 +17,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from evaluators.base import Fingerprint, cpu_description, gpu_description, parse_count, register_device
-from evaluators.exceptions import UserError
-from evaluators.recipe import Int8Recipe
+from evaluators.base import Fingerprint
+from evaluators.hardware import cpu_description, gpu_description
+from evaluators.registry import parse_count, register_device
 from evaluators.timing import LocalDevice, wall_clock
+from evaluators.vocabulary import Int8Recipe, UserError
 
-_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
-              "ort-trt": "TensorrtExecutionProvider"}
+_PROVIDERS = {
+    "ort-cpu": "CPUExecutionProvider",
+    "ort-cuda": "CUDAExecutionProvider",
+    "ort-trt": "TensorrtExecutionProvider",
+}
 
 
 class OrtDevice(LocalDevice):
@@ -110,8 +114,9 @@ def _cpu_factory(arg, **options):
 
 
 def _gpu_factory(kind):
-    return lambda arg, **options: OrtDevice(kind, gpu=parse_count(arg, what="GPU index", device=kind, default=0),
-                                            **options)
+    return lambda arg, **options: OrtDevice(
+        kind, gpu=parse_count(arg, what="GPU index", device=kind, default=0), **options
+    )
 
 
 register_device("ort-cpu", _cpu_factory, _provider_available("ort-cpu"), usage="ort-cpu[:threads]")

@@ -4,8 +4,8 @@ The agent runs on the machine that owns the target device and measures artifacts
 to it, one at a time. Protocol (JSON responses, every request needs the header
 `Authorization: Bearer <token>`):
 
-- GET /info -> {"device", "precisions", "int8_recipe", "fingerprint", "fingerprint_hash",
-  "max_upload_mb"}.
+- GET /info -> {"device", "precisions", "int8_recipe", "accuracy_runtime", "fingerprint",
+  "fingerprint_hash", "max_upload_mb"}.
 - POST /measure, body = the ONNX file's bytes, optional header `X-Squeezefit-Timing` =
   `TimingSettings` as JSON -> a `LatencyMeasurement` dict with the agent's fingerprint.
 
@@ -35,10 +35,9 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from evaluators.base import Device, Fingerprint, LatencyMeasurement, get_device, register_device
-from evaluators.exceptions import UserError
-from evaluators.recipe import Int8Recipe
-from evaluators.timing import TimingSettings
+from evaluators.base import Device, Fingerprint, LatencyMeasurement, TimingSettings
+from evaluators.registry import get_device, register_device
+from evaluators.vocabulary import Int8Recipe, UserError
 
 TOKEN_ENV = "SQUEEZEFIT_AGENT_TOKEN"
 TIMING_HEADER = "X-Squeezefit-Timing"
@@ -55,8 +54,15 @@ class _HttpError(Exception):
         self.status = status
 
 
-def make_server(device: Device, host: str, port: int, token: str,
-                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, quiet: bool = False) -> ThreadingHTTPServer:
+def make_server(
+    device: Device,
+    host: str,
+    port: int,
+    token: str,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    *,
+    quiet: bool = False,
+) -> ThreadingHTTPServer:
     """An agent server for `device`, bound but not yet serving (call `serve_forever`).
 
     port 0 picks a free port (`server.server_address[1]`). An empty token raises `UserError`.
@@ -139,9 +145,14 @@ def device_info(device: Device) -> dict:
     """What /info tells a client about `device`."""
     fingerprint = device.fingerprint()
     recipe = device.int8_recipe
-    return {"device": device.name, "precisions": list(device.precisions),
-            "int8_recipe": recipe.to_dict() if recipe else None,
-            "fingerprint": fingerprint.to_dict(), "fingerprint_hash": fingerprint.hash}
+    return {
+        "device": device.name,
+        "precisions": list(device.precisions),
+        "int8_recipe": recipe.to_dict() if recipe else None,
+        "accuracy_runtime": device.accuracy_runtime,
+        "fingerprint": fingerprint.to_dict(),
+        "fingerprint_hash": fingerprint.hash,
+    }
 
 
 def _check_onnx_bytes(data: bytes) -> None:
@@ -165,8 +176,14 @@ def _settings_from_header(value: str | None) -> TimingSettings:
         raise _HttpError(400, f"bad {TIMING_HEADER} header ({exc})") from None
 
 
-def serve(device_name: str, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, **device_options) -> None:
+def serve(
+    device_name: str,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    **device_options,
+) -> None:
     """Serve `device_name` (e.g. "ort-cpu:4") until interrupted. token defaults to $SQUEEZEFIT_AGENT_TOKEN."""
     token = token or os.environ.get(TOKEN_ENV)
     device = get_device(device_name, **device_options)
@@ -208,7 +225,11 @@ class RemoteDevice(Device):
     @property
     def int8_recipe(self) -> Int8Recipe | None:
         recipe = self.info()["int8_recipe"]
-        return Int8Recipe(**recipe) if recipe else None
+        return Int8Recipe.from_dict(recipe) if recipe else None
+
+    @property
+    def accuracy_runtime(self) -> str:
+        return self.info().get("accuracy_runtime", "onnxruntime")
 
     def fingerprint(self) -> Fingerprint:
         return Fingerprint.from_dict(self.info()["fingerprint"])
@@ -217,15 +238,24 @@ class RemoteDevice(Device):
         limit_mb = self.info()["max_upload_mb"]
         if artifact_path.stat().st_size > limit_mb * 2**20:
             raise UserError(f"{artifact_path} is larger than the agent's {limit_mb} MB upload limit.")
-        body = self._request("POST", "/measure", data=artifact_path.read_bytes(), timeout=self.timeout_s,
-                             headers={TIMING_HEADER: json.dumps(settings.to_dict()),
-                                      "Content-Type": "application/octet-stream"})
+        body = self._request(
+            "POST",
+            "/measure",
+            data=artifact_path.read_bytes(),
+            timeout=self.timeout_s,
+            headers={TIMING_HEADER: json.dumps(settings.to_dict()), "Content-Type": "application/octet-stream"},
+        )
         return dataclasses.replace(LatencyMeasurement.from_dict(json.loads(body)), device=self.name)
 
-    def _request(self, method: str, path: str, *, timeout: float, data: bytes | None = None,
-                 headers: dict | None = None) -> bytes:
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Authorization": f"Bearer {self.token}", **(headers or {})})
+    def _request(
+        self, method: str, path: str, *, timeout: float, data: bytes | None = None, headers: dict | None = None
+    ) -> bytes:
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", **(headers or {})},
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.read()

@@ -20,11 +20,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from evaluators.base import Fingerprint, gpu_description, parse_count, register_device
-from evaluators.exceptions import UserError
-from evaluators.offline import squeezefit_home
-from evaluators.recipe import Int8Recipe
+from evaluators.base import Fingerprint
+from evaluators.hardware import gpu_description
+from evaluators.paths import state_dir
+from evaluators.registry import parse_count, register_device
 from evaluators.timing import LocalDevice
+from evaluators.vocabulary import Int8Recipe, UserError
 
 
 class TensorRtDevice(LocalDevice):
@@ -45,12 +46,13 @@ class TensorRtDevice(LocalDevice):
             import tensorrt as trt
 
             settings = {"gpu": self.gpu, "strongly_typed": True, "clock": "cuda-events", "io": "device"}
-            self._fingerprint = Fingerprint(gpu_description(self.gpu) or f"cuda:{self.gpu}", "tensorrt",
-                                            trt.__version__, settings)
+            self._fingerprint = Fingerprint(
+                gpu_description(self.gpu) or f"cuda:{self.gpu}", "tensorrt", trt.__version__, settings
+            )
         return self._fingerprint
 
     def timing_cache_path(self) -> Path:
-        return squeezefit_home() / ".squeezefit" / f"tensorrt-timing-{self.fingerprint().hash}.cache"
+        return state_dir() / f"tensorrt-timing-{self.fingerprint().hash}.cache"
 
     def open(self, artifact_path: Path, inputs: dict):
         return _engine_runner(build_engine(artifact_path, self.timing_cache_path()), inputs, self.gpu)
@@ -136,7 +138,9 @@ def _available() -> tuple[bool, str]:
     return True, ""
 
 
-register_device("tensorrt",
-                lambda arg, **options: TensorRtDevice(parse_count(arg, what="GPU index", device="tensorrt", default=0),
-                                                      **options),
-                _available, usage="tensorrt[:gpu]")
+register_device(
+    "tensorrt",
+    lambda arg, **options: TensorRtDevice(parse_count(arg, what="GPU index", device="tensorrt", default=0), **options),
+    _available,
+    usage="tensorrt[:gpu]",
+)

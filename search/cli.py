@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-from evaluators.exceptions import UserError
+from evaluators.environment import ensure_offline
+from evaluators.vocabulary import UserError
 
 # Order is the order `squeezefit --help` lists them in.
 COMMANDS = ("data", "baseline", "sensitivity", "search", "front", "export", "transfer", "measure", "agent", "bench")
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    ensure_offline()  # the one entry point: before anything imports Ultralytics
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from evaluators.exceptions import UserError
+from evaluators.vocabulary import UserError
 from search.front import best_under, trials_table
 from search.study import study_record
 from spaces.policy import Policy
@@ -29,7 +29,9 @@ def choose_trial(study, *, budget_ms: float | None = None, trial: int | None = N
             raise UserError(f"study {study.study_name!r} has no finished trial number {trial}.")
         row = rows.iloc[0]
         if row["status"] != "complete":
-            raise UserError(f"trial {trial} is {row['status']}: only complete trials have a fine-tuned, scored artifact to export.")
+            raise UserError(
+                f"trial {trial} is {row['status']}: only complete trials have a fine-tuned, scored artifact to export."
+            )
         return row
     row = best_under(table, budget_ms)
     if row is None:
@@ -45,7 +47,9 @@ def export_bundle(study, out: Path, *, budget_ms: float | None = None, trial: in
     attrs = study.trials[int(row["trial"])].user_attrs
     for key in ("artifact", "weights"):
         if not attrs.get(key) or not Path(attrs[key]).is_file():
-            raise UserError(f"trial {int(row['trial'])}'s {key} file {attrs.get(key)!r} is gone; re-run the study to rebuild it.")
+            raise UserError(
+                f"trial {int(row['trial'])}'s {key} file {attrs.get(key)!r} is gone; re-run the study to rebuild it."
+            )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     policy = Policy.from_dict(attrs["policy"])
@@ -67,7 +71,8 @@ def _card(study, number: int, attrs: dict, policy: Policy) -> str:
         f"# {study.study_name} — trial {number} (policy {policy.policy_id})",
         "",
         f"- mAP50-95 **{attrs['map50_95']:.4f}**, mAP50 {attrs['map50']:.4f} — measured on `model.onnx` ({record['data_yaml']}, val split"
-        + (f", first {record['config']['val_images']} images" if record["config"].get("val_images") else "") + ")",
+        + (f", first {record['config']['val_images']} images" if record["config"].get("val_images") else "")
+        + ")",
         f"- latency p50 **{attrs['latency_ms']:.2f} ms**, p90 {attrs['latency_p90_ms']:.2f} ms on `{record['device']}` "
         f"(baseline FP32 {base:.2f} ms: {base / attrs['latency_ms']:.2f}x faster; budget {record['budget_ms']:.2f} ms)",
         f"- size {attrs['size_mb']:.2f} MB, {attrs['params']:,} parameters, {attrs['macs'] / 1e9:.3f} GMACs at {record['imgsz']} px",

@@ -14,8 +14,22 @@ from optuna.trial import TrialState
 
 from search.study import study_record
 
-COLUMNS = ["trial", "status", "feasible", "map50_95", "map50", "latency_ms", "latency_p90_ms", "size_mb",
-           "macs", "params", "policy_id", "reference", "artifact", "weights"]  # fmt: skip
+COLUMNS = [
+    "trial",
+    "status",
+    "feasible",
+    "map50_95",
+    "map50",
+    "latency_ms",
+    "latency_p90_ms",
+    "size_mb",
+    "macs",
+    "params",
+    "policy_id",
+    "reference",
+    "artifact",
+    "weights",
+]
 
 
 def trials_table(study) -> pd.DataFrame:
@@ -26,14 +40,24 @@ def trials_table(study) -> pd.DataFrame:
         attrs = t.user_attrs
         if "status" not in attrs:
             continue
-        rows.append({
-            "trial": t.number, "status": attrs["status"],
-            "feasible": attrs["status"] == "complete" and attrs["latency_ms"] <= budget,
-            "map50_95": attrs["map50_95"], "map50": attrs["map50"], "latency_ms": attrs["latency_ms"],
-            "latency_p90_ms": attrs["latency_p90_ms"], "size_mb": attrs["size_mb"], "macs": attrs["macs"],
-            "params": attrs["params"], "policy_id": attrs["policy_id"], "reference": attrs.get("reference", ""),
-            "artifact": attrs.get("artifact", ""), "weights": attrs.get("weights", ""),
-        })  # fmt: skip
+        rows.append(
+            {
+                "trial": t.number,
+                "status": attrs["status"],
+                "feasible": attrs["status"] == "complete" and attrs["latency_ms"] <= budget,
+                "map50_95": attrs["map50_95"],
+                "map50": attrs["map50"],
+                "latency_ms": attrs["latency_ms"],
+                "latency_p90_ms": attrs["latency_p90_ms"],
+                "size_mb": attrs["size_mb"],
+                "macs": attrs["macs"],
+                "params": attrs["params"],
+                "policy_id": attrs["policy_id"],
+                "reference": attrs.get("reference", ""),
+                "artifact": attrs.get("artifact", ""),
+                "weights": attrs.get("weights", ""),
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -89,12 +113,25 @@ def plot_front(table: pd.DataFrame, budget_ms: float, png: Path, *, title: str =
     for status, (marker, colour) in styles.items():
         part = table[table["status"] == status]
         if not part.empty:
-            ax.scatter(part["latency_ms"], part["map50_95"], marker=marker, c=colour, alpha=0.7, label=f"{status} ({len(part)})")
+            ax.scatter(
+                part["latency_ms"],
+                part["map50_95"],
+                marker=marker,
+                c=colour,
+                alpha=0.7,
+                label=f"{status} ({len(part)})",
+            )
     if not front.empty:
         ax.plot(front["latency_ms"], front["map50_95"], "-D", c="#55A868", lw=2, ms=7, label="Pareto front")
     ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"budget {budget_ms:.2f} ms")
     for _, row in table[table["reference"] != ""].iterrows():
-        ax.annotate(row["reference"], (row["latency_ms"], row["map50_95"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            row["reference"],
+            (row["latency_ms"], row["map50_95"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     png = save_latency_map_plot(fig, ax, png, title=title or "squeezefit study", legend_size=8)
     if html is not None:
         _plot_html(table, front, budget_ms, Path(html), title)
@@ -106,10 +143,18 @@ def _plot_html(table: pd.DataFrame, front: pd.DataFrame, budget_ms: float, html:
 
     fig = go.Figure()
     for status, part in table.groupby("status"):
-        fig.add_trace(go.Scatter(
-            x=part["latency_ms"], y=part["map50_95"], mode="markers", name=status,
-            text=[f"trial {t} {r} {p}" for t, r, p in zip(part["trial"], part["reference"], part["policy_id"])],
-        ))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=part["latency_ms"],
+                y=part["map50_95"],
+                mode="markers",
+                name=status,
+                text=[
+                    f"trial {t} {r} {p}"
+                    for t, r, p in zip(part["trial"], part["reference"], part["policy_id"], strict=False)
+                ],
+            )
+        )
     if not front.empty:
         fig.add_trace(go.Scatter(x=front["latency_ms"], y=front["map50_95"], mode="lines+markers", name="Pareto front"))
     fig.add_vline(x=budget_ms, line_dash="dash", annotation_text=f"budget {budget_ms:.2f} ms")

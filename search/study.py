@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from evaluators.exceptions import UserError
-from evaluators.offline import squeezefit_home
+from evaluators.paths import studies_dir
+from evaluators.vocabulary import UserError
 
 OBJECTIVES = ("map50_95", "latency_ms", "size_mb")
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -74,7 +74,7 @@ class StudyConfig:
             raise UserError(f"invalid study config: {problems[0]}.")
 
     @classmethod
-    def from_yaml(cls, path: Path, **overrides) -> "StudyConfig":
+    def from_yaml(cls, path: Path, **overrides) -> StudyConfig:
         """Read a study file; `overrides` (None values ignored) win over the file."""
         path = Path(path)
         if not path.is_file():
@@ -96,7 +96,7 @@ class StudyConfig:
         except TypeError as exc:
             raise UserError(f"study config {path} is malformed: {exc}.") from None
 
-    def with_overrides(self, **overrides) -> "StudyConfig":
+    def with_overrides(self, **overrides) -> StudyConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     @property
@@ -104,7 +104,7 @@ class StudyConfig:
         """The Optuna storage URL: as given, or a SQLite file under studies/ in the squeezefit home."""
         if self.storage:
             return self.storage
-        return f"sqlite:///{squeezefit_home() / 'studies' / 'studies.db'}"
+        return f"sqlite:///{studies_dir() / 'studies.db'}"
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -49,18 +49,15 @@ import optuna
 from optuna.trial import TrialState
 
 from evaluators.accuracy import RUNTIMES, measure_accuracy
-from evaluators.base import Device, get_device
-from evaluators.exceptions import UserError
-from evaluators.offline import ensure_offline
-from evaluators.recipe import Int8Recipe
+from evaluators.base import Device
+from evaluators.registry import get_device
+from evaluators.vocabulary import Int8Recipe, UserError
 from search.front import pareto_front, trials_table
 from search.study import STUDY_ATTR, StudyConfig, load_study, open_storage, study_record
 from search.trial import TrialContext, TrialResult, build_screen
 from search.tuner import DONE_STATES, new_study_record, run_search
 from spaces.policy import Policy
 from spaces.precision import build_artifact
-
-ensure_offline()
 
 SELECTIONS = ("all", "front+topK")
 FALLBACK_PRECISION = "fp32"
@@ -150,17 +147,25 @@ def study_seconds(study) -> float:
 
 
 def transfer_study(
-    source: str, storage_url: str, device: str, *, name: str | None = None, budget_ms: float | None = None,
-    budget_fraction: float | None = None, continue_trials: int = 0, select: str = "all", top_k: int = 5,
+    source: str,
+    storage_url: str,
+    device: str,
+    *,
+    name: str | None = None,
+    budget_ms: float | None = None,
+    budget_fraction: float | None = None,
+    continue_trials: int = 0,
+    select: str = "all",
+    top_k: int = 5,
     early_stop: bool = True,
-) -> TransferReport:  # fmt: skip
+) -> TransferReport:
     """Carry study `source` over to `device` as study `name` (created, or resumed if it is a transfer
     of `source`), then run `continue_trials` more trials there. The budget is `budget_ms`, or
     `budget_fraction` of the new device's FP32 baseline, or the source's rule (an absolute budget
     stays absolute, a fraction stays a fraction of the new baseline). UserError for an unknown
     study or device, a source without complete trials, or a name taken by another study.
     """
-    from search.setup import prepare
+    from search.prepare import prepare
 
     if select not in SELECTIONS:
         raise UserError(f"unknown selection {select!r}; choose one of {', '.join(SELECTIONS)}.")
@@ -177,12 +182,22 @@ def transfer_study(
     prepared = prepare(config, name=name)
     dst = _open_target(name, storage_url, src, existing, config, prepared, source, src_record)
     record = study_record(dst)
-    target = _Target(prepared.context, target_device, _runtime(target_device.fingerprint().runtime),
-                     _runtime(src_record["fingerprint"]["runtime"]), _recipe_of(src_record["device"]),
-                     tuple(config.objectives), source,
-                     {p.policy_id: n for n, p in prepared.context.space.reference_policies().items()})  # fmt: skip
+    target = _Target(
+        prepared.context,
+        target_device,
+        target_device.accuracy_runtime,
+        _runtime(src_record["fingerprint"]["runtime"]),
+        _recipe_of(src_record["device"]),
+        tuple(config.objectives),
+        source,
+        {p.policy_id: n for n, p in prepared.context.space.reference_policies().items()},
+    )
     done = {t.user_attrs.get("transferred_from") for t in dst.get_trials(deepcopy=False)}
-    taken = {Path(t.user_attrs["artifact"]).parent.name for t in dst.get_trials(deepcopy=False) if t.user_attrs.get("artifact")}
+    taken = {
+        Path(t.user_attrs["artifact"]).parent.name
+        for t in dst.get_trials(deepcopy=False)
+        if t.user_attrs.get("artifact")
+    }
     skipped = list(carried["skipped"])
     for trial in carried["complete"] + carried["infeasible"]:
         if trial.number not in done:
@@ -195,7 +210,13 @@ def transfer_study(
     continued, continue_seconds = 0, 0.0
     if continue_trials > 0:
         have = len(dst.get_trials(deepcopy=False, states=DONE_STATES))
-        outcome = run_search(config.with_overrides(trials=have + continue_trials), prepared, name=name, resume=True, early_stop=early_stop)
+        outcome = run_search(
+            config.with_overrides(trials=have + continue_trials),
+            prepared,
+            name=name,
+            resume=True,
+            early_stop=early_stop,
+        )
         continued, continue_seconds = outcome.trials_run, outcome.seconds
     dst = load_study(name, storage_url)
     return _report(src, dst, storage_url, skipped, seconds, continued, continue_seconds)
@@ -222,7 +243,7 @@ def _runtime(fingerprint_runtime: str) -> str:
 
 def _recipe_of(device: str) -> Int8Recipe | None:
     try:
-        return get_device(device).int8_recipe or Int8Recipe()
+        return get_device(device).recipe_for()
     except UserError:
         return None
 
@@ -248,21 +269,31 @@ def _select(study, select: str, top_k: int) -> dict:
     return {"complete": complete, "infeasible": infeasible, "skipped": skipped}
 
 
-def _target_config(src_record, source, name, device, storage_url, budget_ms, budget_fraction) -> tuple[StudyConfig, dict | None]:
+def _target_config(
+    src_record, source, name, device, storage_url, budget_ms, budget_fraction
+) -> tuple[StudyConfig, dict | None]:
     """The target's StudyConfig, and its record if the target study already exists."""
     known = {f.name for f in fields(StudyConfig)}
     if name in {s.study_name for s in optuna.get_all_study_summaries(open_storage(storage_url))}:
         record = study_record(load_study(name, storage_url))
         if record.get("source_study") != source or record.get("device") != device:
-            raise UserError(f"study {name!r} already exists in {storage_url} and is not a transfer of {source!r} "
-                            f"to {device}; pass --name to name a new one.")  # fmt: skip
+            raise UserError(
+                f"study {name!r} already exists in {storage_url} and is not a transfer of {source!r} "
+                f"to {device}; pass --name to name a new one."
+            )
         if budget_ms is not None or budget_fraction is not None:
-            raise UserError(f"study {name!r} already has a budget of {record['budget_ms']:.2f} ms; drop the budget option to resume it.")
+            raise UserError(
+                f"study {name!r} already has a budget of {record['budget_ms']:.2f} ms; drop the budget option to resume it."
+            )
         stored = {k: v for k, v in record["config"].items() if k in known}
-        return StudyConfig(**{**stored, "storage": storage_url, "budget_ms": record["budget_ms"], "budget_fraction": None}), record
+        return StudyConfig(
+            **{**stored, "storage": storage_url, "budget_ms": record["budget_ms"], "budget_fraction": None}
+        ), record
     base = StudyConfig(**{k: v for k, v in src_record["config"].items() if k in known})
     data = base.data if base.data == "embedded" else src_record["data_yaml"]  # relative paths were the source's cwd
-    config = base.with_overrides(name=name, device=device, storage=storage_url, model=src_record["checkpoint"], data=data)
+    config = base.with_overrides(
+        name=name, device=device, storage=storage_url, model=src_record["checkpoint"], data=data
+    )
     if budget_ms is not None or budget_fraction is not None:
         config = replace(config, budget_ms=budget_ms, budget_fraction=budget_fraction)
     return config, None
@@ -272,7 +303,12 @@ def _open_target(name, storage_url, src, existing, config, prepared, source, src
     """The target study: reopened, or created with the keys `search.tuner.run_search` records plus its source."""
     if existing is not None:
         return load_study(name, storage_url)
-    record = {**new_study_record(config, prepared), "source_study": source, "source_device": src_record["device"], "transfer_seconds": 0.0}
+    record = {
+        **new_study_record(config, prepared),
+        "source_study": source,
+        "source_device": src_record["device"],
+        "transfer_seconds": 0.0,
+    }
     study = optuna.create_study(study_name=name, storage=open_storage(storage_url), directions=src.directions)
     study.set_user_attr(STUDY_ATTR, record)
     return study
@@ -286,7 +322,7 @@ def _carry(trial, target: _Target, study, taken: set) -> str:
     ctx, attrs = target.ctx, trial.user_attrs
     began = datetime.datetime.now()
     policy, changes = map_precisions(Policy.from_dict(attrs["policy"]), ctx.space.offered)
-    recipe = policy.recipe or ctx.recipe or target.device.int8_recipe or Int8Recipe()
+    recipe = target.device.recipe_for(policy.recipe)
     if "int8" in policy.precision.values() and recipe != (policy.recipe or target.source_recipe):
         changes += (_recipe_change(policy.recipe or target.source_recipe, recipe),)
     folder = policy.policy_id if policy.policy_id not in taken else f"{policy.policy_id}-from-{trial.number}"
@@ -309,8 +345,15 @@ def _carry(trial, target: _Target, study, taken: set) -> str:
         import torch
 
         model = torch.load(attrs["weights"], map_location="cpu", weights_only=False)
-        build_artifact(model, policy.precision, path, imgsz=ctx.imgsz, names=model.names,
-                       calibration_images=ctx.calibration_images, recipe=recipe)  # fmt: skip
+        build_artifact(
+            model,
+            policy.precision,
+            path,
+            imgsz=ctx.imgsz,
+            names=model.names,
+            calibration_images=ctx.calibration_images,
+            recipe=recipe,
+        )
     else:
         build_screen(policy, ctx, recipe, path)
     lap("artifact")
@@ -319,7 +362,9 @@ def _carry(trial, target: _Target, study, taken: set) -> str:
     if not complete and latency.p50_ms <= ctx.budget_ms:
         return f"untuned, and it fits the budget on {ctx.device} ({latency.p50_ms:.2f} ms): left to the search to fine-tune"
     if not copied or target.runtime != target.source_runtime:
-        acc = measure_accuracy(path, Path(ctx.data_yaml), imgsz=ctx.imgsz, runtime=target.runtime, max_images=ctx.val_images, workdir=out)
+        acc = measure_accuracy(
+            path, Path(ctx.data_yaml), imgsz=ctx.imgsz, runtime=target.runtime, max_images=ctx.val_images, workdir=out
+        )
         scores, map_source = (acc.map50_95, acc.map50), "revalidated"
         lap("validate")
     else:
@@ -328,14 +373,31 @@ def _carry(trial, target: _Target, study, taken: set) -> str:
     if not complete:
         reason = f"p50 {latency.p50_ms:.2f} ms is over the {ctx.budget_ms:.2f} ms budget; " + reason
     result = TrialResult(
-        attrs["status"], policy.policy_id, policy.to_dict(), scores[0], scores[1], latency.p50_ms, latency.p90_ms,
-        round(path.stat().st_size / 1e6, 3), attrs["macs"], attrs["params"], target.device.fingerprint().to_dict(),
-        reason=reason, epoch_maps=tuple(attrs.get("epoch_maps", ())), artifact=str(path),
-        weights=attrs.get("weights", "") if complete else "", seconds=seconds,
-    )  # fmt: skip
+        attrs["status"],
+        policy.policy_id,
+        policy.to_dict(),
+        scores[0],
+        scores[1],
+        latency.p50_ms,
+        latency.p90_ms,
+        round(path.stat().st_size / 1e6, 3),
+        attrs["macs"],
+        attrs["params"],
+        target.device.fingerprint().to_dict(),
+        reason=reason,
+        epoch_maps=tuple(attrs.get("epoch_maps", ())),
+        artifact=str(path),
+        weights=attrs.get("weights", "") if complete else "",
+        seconds=seconds,
+    )
     (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1))  # what search.trial reuses for this policy
-    extra = {"transferred_from": trial.number, "map_source": map_source, "source_map50_95": attrs["map50_95"],
-             "changed": bool(changes), "changes": list(changes)}  # fmt: skip
+    extra = {
+        "transferred_from": trial.number,
+        "map_source": map_source,
+        "source_map50_95": attrs["map50_95"],
+        "changed": bool(changes),
+        "changes": list(changes),
+    }
     if reference := target.references.get(policy.policy_id):
         extra["reference"] = reference  # so a continued search does not enqueue it again
     _add_trial(study, result, extra, target, began)
@@ -354,9 +416,12 @@ def _add_trial(study, result: TrialResult, extra: dict, target: _Target, began: 
     """Add a COMPLETE trial with the parameters the target space's define-by-run gives its policy."""
     params, distributions = replay_params(target.ctx.space, Policy.from_dict(result.policy))
     trial = optuna.trial.create_trial(
-        params=params, distributions=distributions, values=[getattr(result, o) for o in target.objectives],
-        user_attrs={**result.to_dict(), **extra}, constraints={"latency_budget": result.latency_ms - target.ctx.budget_ms},
-    )  # fmt: skip
+        params=params,
+        distributions=distributions,
+        values=[getattr(result, o) for o in target.objectives],
+        user_attrs={**result.to_dict(), **extra},
+        constraints={"latency_budget": result.latency_ms - target.ctx.budget_ms},
+    )
     trial.datetime_start, trial.datetime_complete = began, datetime.datetime.now()  # its real cost, for study_seconds
     study.add_trial(trial)
 
@@ -397,30 +462,64 @@ def _report(src, dst, storage_url, skipped, seconds, continued, continue_seconds
         if "transferred_from" not in a:
             continue
         s = sources[a["transferred_from"]]
-        carried.append(TransferredTrial(
-            a["transferred_from"], t.number, s.get("reference", ""), a["status"],
-            a["status"] == "complete" and a["latency_ms"] <= budget, a["policy_id"], a["map50_95"], s["map50_95"],
-            a["map_source"], a["latency_ms"], s["latency_ms"], a["changed"], tuple(a["changes"]),
-        ))  # fmt: skip
+        carried.append(
+            TransferredTrial(
+                a["transferred_from"],
+                t.number,
+                s.get("reference", ""),
+                a["status"],
+                a["status"] == "complete" and a["latency_ms"] <= budget,
+                a["policy_id"],
+                a["map50_95"],
+                s["map50_95"],
+                a["map_source"],
+                a["latency_ms"],
+                s["latency_ms"],
+                a["changed"],
+                tuple(a["changes"]),
+            )
+        )
     origin = {c.trial: c.source_trial for c in carried}
     src_front = [int(n) for n in pareto_front(trials_table(src))["trial"]]
     front = pareto_front(trials_table(dst))
     here = {origin[int(n)] for n in front["trial"] if int(n) in origin}
     rows = tuple(
-        {"trial": int(r.trial), "transferred_from": origin.get(int(r.trial)), "map50_95": float(r.map50_95),
-         "latency_ms": float(r.latency_ms), "size_mb": float(r.size_mb), "policy_id": r.policy_id, "reference": r.reference}
+        {
+            "trial": int(r.trial),
+            "transferred_from": origin.get(int(r.trial)),
+            "map50_95": float(r.map50_95),
+            "latency_ms": float(r.latency_ms),
+            "size_mb": float(r.size_mb),
+            "policy_id": r.policy_id,
+            "reference": r.reference,
+        }
         for r in front.itertuples()
-    )  # fmt: skip
+    )
     source_seconds = study_seconds(src)
     return TransferReport(
-        src.study_name, dst.study_name, storage_url, src_record["device"], record["device"], budget,
-        record["baseline_latency_ms"], src_record["budget_ms"], src_record["baseline_latency_ms"], tuple(carried),
-        tuple(sorted(skipped)), latency_rank_correlation([(c.source_latency_ms, c.latency_ms) for c in carried]),
-        round(seconds, 2), round(source_seconds, 2), seconds / source_seconds if source_seconds > 0 else None,
-        continued, round(continue_seconds, 2), rows, tuple(src_front),
-        tuple(n for n in src_front if n not in here), tuple(sorted(here - set(src_front))),
+        src.study_name,
+        dst.study_name,
+        storage_url,
+        src_record["device"],
+        record["device"],
+        budget,
+        record["baseline_latency_ms"],
+        src_record["budget_ms"],
+        src_record["baseline_latency_ms"],
+        tuple(carried),
+        tuple(sorted(skipped)),
+        latency_rank_correlation([(c.source_latency_ms, c.latency_ms) for c in carried]),
+        round(seconds, 2),
+        round(source_seconds, 2),
+        seconds / source_seconds if source_seconds > 0 else None,
+        continued,
+        round(continue_seconds, 2),
+        rows,
+        tuple(src_front),
+        tuple(n for n in src_front if n not in here),
+        tuple(sorted(here - set(src_front))),
         tuple(r["trial"] for r in rows if r["transferred_from"] is None),
-    )  # fmt: skip
+    )
 
 
 def latency_rank_correlation(pairs) -> float | None:

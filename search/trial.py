@@ -20,21 +20,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from ultralytics.nn.tasks import load_checkpoint
 
-from evaluators.accuracy import RUNTIMES, measure_accuracy
-from evaluators.base import get_device
-from evaluators.offline import ensure_offline
-from evaluators.recipe import Int8Recipe
-from evaluators.timing import TimingSettings
+from evaluators.accuracy import measure_accuracy
+from evaluators.base import TimingSettings
+from evaluators.datasets import subset_data_yaml
+from evaluators.registry import get_device
+from evaluators.vocabulary import Int8Recipe
 from spaces.distillation import finetune
 from spaces.policy import Policy
 from spaces.precision import build_artifact
 from spaces.pruning import apply_pruning
 from spaces.space import SearchSpace
-
-ensure_offline()
-
-from ultralytics.nn.tasks import load_checkpoint  # noqa: E402
 
 STATUSES = ("complete", "infeasible", "pruned")
 # Latency does not depend on the calibration: the screen artifact calibrates on a few images.
@@ -57,7 +54,6 @@ class TrialContext:
     space: SearchSpace
     calibration_images: tuple[str, ...]
     outdir: str
-    recipe: Int8Recipe | None = None
     timing: TimingSettings = TimingSettings()
     train_images: int | None = None
     val_images: int | None = None
@@ -91,18 +87,27 @@ class TrialResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrialResult":
+    def from_dict(cls, data: dict) -> TrialResult:
         return cls(**{**data, "epoch_maps": tuple(data.get("epoch_maps", ()))})
 
 
-def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Path):
-    """(pruned model, class names, screen artifact): the untrained artifact whose latency decides feasibility."""
-    baseline, _ = load_checkpoint(ctx.checkpoint)
+def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Path, baseline=None):
+    """(pruned model, class names, screen artifact): the untrained artifact whose latency decides feasibility.
+
+    baseline: the loaded checkpoint model, when the caller has it (else it is loaded from `ctx.checkpoint`).
+    """
+    if baseline is None:
+        baseline, _ = load_checkpoint(ctx.checkpoint)
     pruned = apply_pruning(baseline, policy.pruning, imgsz=ctx.imgsz)
     screen = build_artifact(
-        pruned.model, policy.precision, path, imgsz=ctx.imgsz, names=baseline.names,
-        calibration_images=list(ctx.calibration_images)[:_SCREEN_CALIBRATION], recipe=recipe,
-    )  # fmt: skip
+        pruned.model,
+        policy.precision,
+        path,
+        imgsz=ctx.imgsz,
+        names=baseline.names,
+        calibration_images=list(ctx.calibration_images)[:_SCREEN_CALIBRATION],
+        recipe=recipe,
+    )
     return pruned, baseline.names, screen
 
 
@@ -129,9 +134,8 @@ def evaluate_policy(
         clock = now
 
     device = get_device(ctx.device)
-    recipe = policy.recipe or ctx.recipe or device.int8_recipe or Int8Recipe()
-    runtime = device.fingerprint().runtime
-    runtime = runtime if runtime in RUNTIMES else "onnxruntime"
+    recipe = device.recipe_for(policy.recipe)
+    runtime = device.accuracy_runtime
     pruned, names, screen = build_screen(policy, ctx, recipe, out / "screen.onnx")
     lap("screen")
     calib = list(ctx.calibration_images)
@@ -139,51 +143,95 @@ def evaluate_policy(
     lap("latency")
 
     def accuracy(path: Path):
-        return measure_accuracy(path, Path(ctx.data_yaml), imgsz=ctx.imgsz, runtime=runtime, max_images=ctx.val_images, workdir=out)
+        return measure_accuracy(
+            path, Path(ctx.data_yaml), imgsz=ctx.imgsz, runtime=runtime, max_images=ctx.val_images, workdir=out
+        )
 
     common = dict(
-        policy_id=policy.policy_id, policy=policy.to_dict(), latency_ms=latency.p50_ms, latency_p90_ms=latency.p90_ms,
-        macs=pruned.macs, params=pruned.params, fingerprint=device.fingerprint().to_dict(),
-    )  # fmt: skip
+        policy_id=policy.policy_id,
+        policy=policy.to_dict(),
+        latency_ms=latency.p50_ms,
+        latency_p90_ms=latency.p90_ms,
+        macs=pruned.macs,
+        params=pruned.params,
+        fingerprint=device.fingerprint().to_dict(),
+    )
     if latency.p50_ms > ctx.budget_ms:
         acc = accuracy(screen.path)
         lap("validate")
         reason = f"p50 {latency.p50_ms:.2f} ms is over the {ctx.budget_ms:.2f} ms budget; no fine-tuning spent"
         result = TrialResult(
-            "infeasible", map50_95=acc.map50_95, map50=acc.map50, size_mb=_mb(screen.path), reason=reason,
-            artifact=str(screen.path), seconds=seconds, **common,
-        )  # fmt: skip
+            "infeasible",
+            map50_95=acc.map50_95,
+            map50=acc.map50,
+            size_mb=_mb(screen.path),
+            reason=reason,
+            artifact=str(screen.path),
+            seconds=seconds,
+            **common,
+        )
         return _save(result, done)
 
     def on_epoch(epoch: int, value: float) -> bool:
         return bool(should_stop and should_stop(epoch, value, latency.p50_ms))
 
+    data_yaml = subset_data_yaml(Path(ctx.data_yaml), "train", ctx.train_images, out)
+    data_yaml = subset_data_yaml(data_yaml, "val", ctx.val_images, out)
     tuned = finetune(
-        pruned.model, ctx.checkpoint, policy.distillation, Path(ctx.data_yaml), imgsz=ctx.imgsz,
-        train_images=ctx.train_images, val_images=ctx.val_images, seed=ctx.seed, workdir=out, on_epoch=on_epoch,
-    )  # fmt: skip
+        pruned.model,
+        ctx.checkpoint,
+        policy.distillation,
+        data_yaml,
+        imgsz=ctx.imgsz,
+        seed=ctx.seed,
+        workdir=out,
+        on_epoch=on_epoch,
+    )
     lap("finetune")
     if tuned.stopped_early:
         reason = f"stopped after epoch {len(tuned.epoch_maps)}: val mAP50-95 {tuned.epoch_maps[-1]:.4f} cannot reach the front"
         result = TrialResult(
-            "pruned", map50_95=tuned.epoch_maps[-1], map50=0.0, size_mb=_mb(screen.path), reason=reason,
-            epoch_maps=tuned.epoch_maps, artifact=str(screen.path), seconds=seconds, **common,
-        )  # fmt: skip
+            "pruned",
+            map50_95=tuned.epoch_maps[-1],
+            map50=0.0,
+            size_mb=_mb(screen.path),
+            reason=reason,
+            epoch_maps=tuned.epoch_maps,
+            artifact=str(screen.path),
+            seconds=seconds,
+            **common,
+        )
         return _save(result, done)
 
     weights = out / "model.pt"
     tuned.model.names = names
     torch.save(tuned.model, weights)
-    artifact = build_artifact(tuned.model, policy.precision, out / "model.onnx", imgsz=ctx.imgsz, names=names, calibration_images=calib, recipe=recipe)
-    final_latency = device.measure(artifact.path, settings=ctx.timing)  # same structure: a cache hit, checked rather than assumed
+    artifact = build_artifact(
+        tuned.model,
+        policy.precision,
+        out / "model.onnx",
+        imgsz=ctx.imgsz,
+        names=names,
+        calibration_images=calib,
+        recipe=recipe,
+    )
+    final_latency = device.measure(
+        artifact.path, settings=ctx.timing
+    )  # same structure: a cache hit, checked rather than assumed
     lap("artifact")
     acc = accuracy(artifact.path)
     lap("validate")
     result = TrialResult(
-        "complete", map50_95=acc.map50_95, map50=acc.map50, size_mb=_mb(artifact.path), epoch_maps=tuned.epoch_maps,
-        artifact=str(artifact.path), weights=str(weights), seconds=seconds,
+        "complete",
+        map50_95=acc.map50_95,
+        map50=acc.map50,
+        size_mb=_mb(artifact.path),
+        epoch_maps=tuned.epoch_maps,
+        artifact=str(artifact.path),
+        weights=str(weights),
+        seconds=seconds,
         **{**common, "latency_ms": final_latency.p50_ms, "latency_p90_ms": final_latency.p90_ms},
-    )  # fmt: skip
+    )
     return _save(result, done)
 
 

@@ -23,15 +23,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils.torch_utils import unwrap_model
 
-from evaluators.accuracy import subset_data_yaml
-from evaluators.exceptions import UserError
-from evaluators.offline import TRAIN_DEFAULTS, ensure_offline, runs_dir
+from evaluators.vocabulary import UserError
 
-ensure_offline()
-
-from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
-from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
+# Arguments every Ultralytics training of squeezefit passes: no AMP check (it would
+# download yolo11n.pt), no plots (they fetch a font), deterministic, quiet.
+TRAIN_DEFAULTS: dict = {"amp": False, "plots": False, "deterministic": True, "verbose": False}
 
 # Search ranges, next to the knob they act on.
 WEIGHT_RANGE = (0.5, 12.0)  # Ultralytics' `dis`; its default is 6.0
@@ -92,7 +91,9 @@ def suggest_distillation(trial, *, max_epochs: int, teachers: Sequence[str | Non
         return DistillationSettings(enabled=False, epochs=0)
     enabled = trial.suggest_categorical("distill.enabled", [True, False])
     weight = trial.suggest_float("distill.weight", *WEIGHT_RANGE, log=True) if enabled else 6.0
-    teacher = trial.suggest_categorical("distill.teacher", list(teachers)) if enabled and len(teachers) > 1 else teachers[0]
+    teacher = (
+        trial.suggest_categorical("distill.teacher", list(teachers)) if enabled and len(teachers) > 1 else teachers[0]
+    )
     lr0 = trial.suggest_float("distill.lr0", *LR_RANGE, log=True)
     return DistillationSettings(enabled=enabled, weight=weight, epochs=epochs, lr0=lr0, teacher=teacher)
 
@@ -104,18 +105,17 @@ def finetune(
     data_yaml: Path,
     *,
     imgsz: int,
-    train_images: int | None = None,
-    val_images: int | None = None,
+    workdir: Path,
     batch: int = 16,
     seed: int = 0,
-    workdir: Path | None = None,
     on_epoch: Callable[[int, float], bool | None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of `student` on `data_yaml`; the input module is not modified.
 
     `teacher` is a checkpoint path (used when `settings.enabled`; `settings.teacher`
-    overrides it). `train_images` / `val_images` train and validate on the first N images
-    of each split (a fidelity knob). Progress is one line per epoch on stdout.
+    overrides it). Training runs on the train split of `data_yaml` and validates on its val
+    split (a caller that wants a fidelity subset passes a subset YAML); Ultralytics' run
+    goes to `workdir/train`. Progress is one line per epoch on stdout.
     """
     start = time.perf_counter()
     model = copy.deepcopy(student).float()
@@ -125,22 +125,34 @@ def finetune(
     if settings.enabled and (teacher is None or not Path(teacher).is_file()):
         raise UserError(f"distillation needs a teacher checkpoint, and {teacher!r} is not a file.")
 
-    workdir = Path(workdir or runs_dir() / "finetune")
-    workdir.mkdir(parents=True, exist_ok=True)
-    if train_images:
-        data_yaml = subset_data_yaml(data_yaml, "train", train_images, workdir)
-    if val_images:
-        data_yaml = subset_data_yaml(data_yaml, "val", val_images, workdir)
-
+    Path(workdir).mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
         p.requires_grad_(True)
     args = dict(
-        TRAIN_DEFAULTS, model="given-student.yaml", data=str(data_yaml), imgsz=imgsz, epochs=settings.epochs, batch=batch, seed=seed,
-        device="cpu", workers=0, optimizer="AdamW", lr0=settings.lr0, lrf=0.1, warmup_epochs=0,
-        close_mosaic=settings.epochs, patience=settings.epochs + 1, pretrained=False, val=True,
-        project=str(workdir), name="train", exist_ok=True, save=True,
-        distill_model=str(teacher) if settings.enabled else None, dis=settings.weight,
-    )  # fmt: skip
+        TRAIN_DEFAULTS,
+        model="given-student.yaml",
+        data=str(data_yaml),
+        imgsz=imgsz,
+        epochs=settings.epochs,
+        batch=batch,
+        seed=seed,
+        device="cpu",
+        workers=0,
+        optimizer="AdamW",
+        lr0=settings.lr0,
+        lrf=0.1,
+        warmup_epochs=0,
+        close_mosaic=settings.epochs,
+        patience=settings.epochs + 1,
+        pretrained=False,
+        val=True,
+        project=str(workdir),
+        name="train",
+        exist_ok=True,
+        save=True,
+        distill_model=str(teacher) if settings.enabled else None,
+        dis=settings.weight,
+    )
     trainer = _GivenModelTrainer(overrides=args)
     trainer.given_model = model
     epoch_maps: list[float] = []
@@ -159,7 +171,13 @@ def finetune(
     trainer.add_callback("on_fit_epoch_end", report)
     trainer.train()
     tuned = _best_student(trainer)
-    return FinetuneResult(tuned, tuple(epoch_maps), Path(trainer.best) if Path(trainer.best).is_file() else None, stopped, time.perf_counter() - start)
+    return FinetuneResult(
+        tuned,
+        tuple(epoch_maps),
+        Path(trainer.best) if Path(trainer.best).is_file() else None,
+        stopped,
+        time.perf_counter() - start,
+    )
 
 
 def _best_student(trainer: DetectionTrainer) -> torch.nn.Module:

@@ -25,17 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
+from ultralytics import __version__ as ultralytics_version
+from ultralytics.engine.model import Model as YOLOWrapper
+from ultralytics.nn.modules import C2f, Detect
+from ultralytics.nn.tasks import BaseModel
 
-from evaluators.exceptions import UserError
-from evaluators.offline import ensure_offline
-
-ensure_offline()
-
-import torch  # noqa: E402
-from ultralytics import __version__ as ultralytics_version  # noqa: E402
-from ultralytics.engine.model import Model as YOLOWrapper  # noqa: E402
-from ultralytics.nn.modules import C2f, Detect  # noqa: E402
-from ultralytics.nn.tasks import BaseModel  # noqa: E402
+from evaluators.vocabulary import UserError
 
 # ORT's static quantizer rejects opset >= 21, and Resize-19 has no CUDA kernel; 17 suits every runtime here.
 DEFAULT_OPSET = 17

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from evaluators.exceptions import UserError
-from evaluators.recipe import Int8Recipe
+from evaluators.vocabulary import PRECISIONS, Int8Recipe, UserError
 from spaces.distillation import DistillationSettings
-from spaces.precision import PRECISIONS
 from spaces.pruning import MAX_RATIO
 
 
@@ -61,17 +59,19 @@ class Policy:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "Policy":
+    def from_dict(cls, data: Mapping) -> Policy:
         try:
             recipe = data.get("recipe")
             return cls(
                 pruning=dict(data.get("pruning") or {}),
                 precision=dict(data.get("precision") or {}),
                 distillation=DistillationSettings(**(data.get("distillation") or {})),
-                recipe=Int8Recipe(**recipe) if recipe else None,
+                recipe=Int8Recipe.from_dict(recipe) if recipe else None,
             )
         except (TypeError, AttributeError) as exc:
-            raise UserError(f"a policy must be a mapping of pruning, precision, distillation and recipe ({exc}).") from None
+            raise UserError(
+                f"a policy must be a mapping of pruning, precision, distillation and recipe ({exc})."
+            ) from None
 
     @property
     def policy_id(self) -> str:
@@ -82,7 +82,7 @@ class Policy:
         Path(path).write_text(yaml.safe_dump({"policy_id": self.policy_id, **self.to_dict()}, sort_keys=False))
 
     @classmethod
-    def from_yaml(cls, path: Path) -> "Policy":
+    def from_yaml(cls, path: Path) -> Policy:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"policy file {path} does not exist.")
@@ -103,4 +103,6 @@ class Policy:
             raise UserError(f"the policy sets the precision of unit {unknown[0]!r}, which the model does not have.")
         offered = set(offered)
         if bad := sorted({p for p in self.precision.values() if p not in offered}):
-            raise UserError(f"the policy asks for {bad[0]}, which the device does not run (it offers {', '.join(sorted(offered))}).")
+            raise UserError(
+                f"the policy asks for {bad[0]}, which the device does not run (it offers {', '.join(sorted(offered))})."
+            )

@@ -30,15 +30,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnx
 import torch
 
-from evaluators.exceptions import UserError
-from evaluators.cache import structure_hash
-from evaluators.recipe import Int8Recipe
+from evaluators.vocabulary import PRECISIONS, Int8Recipe, UserError
 from spaces.onnx_export import (
     INPUT_NAME,
     detection_model,
@@ -51,10 +48,6 @@ from spaces.onnx_export import (
     set_metadata,
     unit_of,
 )
-
-Precision = Literal["int8", "fp16", "fp32"]
-PRECISIONS: tuple[str, ...] = ("int8", "fp16", "fp32")
-
 
 # --- the knob and its range -------------------------------------------------------------
 
@@ -99,16 +92,13 @@ class Artifact:
 
     path: the ONNX file. precisions: the precision of every unit of the graph (unset units
     got the default). counts: what the graph contains. recipe: the INT8 recipe used (also
-    when no unit is INT8). structure_hash: graph structure + shapes + dtypes, not weights,
-    so an artifact of the same structure with other weights shares latency measurements.
-    build_s: wall time of the build in seconds.
+    when no unit is INT8). build_s: wall time of the build in seconds.
     """
 
     path: Path
     precisions: dict[str, str]
     counts: NodeCounts
     recipe: Int8Recipe
-    structure_hash: str
     build_s: float = field(default=0.0, compare=False)
 
     @property
@@ -142,7 +132,6 @@ def build_artifact(
     Raises `UserError` for an unknown unit or precision, or INT8 without images.
     """
     start = time.perf_counter()
-    _check_recipe(recipe)
     if "int8" in (default, *precisions.values()) and not calibration_images:
         raise UserError("INT8 units need calibration images; pass at least one image file.")
     out = Path(out_path)
@@ -171,7 +160,6 @@ def build_artifact(
         precisions=per_unit,
         counts=count_nodes(graph),
         recipe=recipe,
-        structure_hash=structure_hash(graph),
         build_s=time.perf_counter() - start,
     )
 
@@ -179,27 +167,14 @@ def build_artifact(
 def _resolve(precisions: Mapping[str, str], units: Mapping[str, list[str]], default: str) -> dict[str, str]:
     unknown = sorted(set(precisions) - set(units))
     if unknown:
-        raise UserError(f"Units {unknown} are not in the model; its units are {list(units)[0]} .. {list(units)[-1]}.")
+        raise UserError(
+            f"Units {unknown} are not in the model; its units are {next(iter(units))} .. {list(units)[-1]}."
+        )
     per_unit = {u: precisions.get(u, default) for u in units}
     bad = sorted({p for p in per_unit.values() if p not in PRECISIONS})
     if bad:
         raise UserError(f"Precisions {bad} are not among {list(PRECISIONS)}.")
     return per_unit
-
-
-def _check_recipe(recipe: Int8Recipe) -> None:
-    allowed = {
-        "quantizer": ("ort", "nncf"),
-        "fmt": ("qdq", "qoperator"),
-        "activations": ("uint8", "int8"),
-        "weights": ("uint8", "int8"),
-        "calibration": ("minmax", "entropy", "percentile"),
-    }
-    for key, values in allowed.items():
-        if getattr(recipe, key) not in values:
-            raise UserError(f"INT8 recipe {key} {getattr(recipe, key)!r} must be one of {list(values)}.")
-    if recipe.quantizer == "nncf" and recipe.fmt != "qdq":
-        raise UserError("The NNCF quantizer writes Q/DQ only; use fmt 'qdq' with quantizer 'nncf'.")
 
 
 def _float_head_nodes(model, graph: onnx.ModelProto) -> set[str]:

@@ -31,20 +31,16 @@ import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from evaluators.exceptions import UserError
-from evaluators.offline import ensure_offline
+import torch
+import torch_pruning as tp
+from torch import nn
+from ultralytics.cfg import get_cfg
+from ultralytics.nn.modules.block import Attention
+from ultralytics.nn.modules.head import Detect
+from ultralytics.utils import DEFAULT_CFG
 
-ensure_offline()
-
-import torch  # noqa: E402
-import torch_pruning as tp  # noqa: E402
-from torch import nn  # noqa: E402
-from ultralytics.cfg import get_cfg  # noqa: E402
-from ultralytics.nn.modules.block import Attention  # noqa: E402
-from ultralytics.nn.modules.head import Detect  # noqa: E402
-from ultralytics.utils import DEFAULT_CFG  # noqa: E402
-
-from spaces.yolo_blocks import replace_split_blocks  # noqa: E402
+from evaluators.vocabulary import UserError
+from spaces.yolo_blocks import replace_split_blocks
 
 MAX_RATIO = 0.9
 """Ratios must be below this: removing more than 90 % of a unit's channels leaves a

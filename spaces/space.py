@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from evaluators.exceptions import UserError
+from evaluators.vocabulary import UserError
 from spaces.distillation import DistillationSettings, suggest_distillation
 from spaces.policy import Policy
 from spaces.precision import suggest_precisions, uniform_precisions
@@ -84,7 +84,11 @@ class SearchSpace:
 
     def reference_policies(self) -> dict[str, Policy]:
         """Named uniform policies: what a user would try by hand."""
-        distill = DistillationSettings(epochs=self.max_epochs) if self.max_epochs else DistillationSettings(enabled=False, epochs=0)
+        distill = (
+            DistillationSettings(epochs=self.max_epochs)
+            if self.max_epochs
+            else DistillationSettings(enabled=False, epochs=0)
+        )
         none = DistillationSettings(enabled=False, epochs=0)
         units = self.precision_units
         refs = {"fp32": Policy(precision=uniform_precisions(units, "fp32"), distillation=none)}
@@ -95,7 +99,9 @@ class SearchSpace:
         for ratio in REFERENCE_RATIOS:
             if ratio <= self.ratio_range[1]:
                 refs[f"prune-{ratio:g}-{fast}"] = Policy(
-                    pruning=uniform_ratios(self.pruning_units, ratio), precision=uniform_precisions(units, fast), distillation=distill
+                    pruning=uniform_ratios(self.pruning_units, ratio),
+                    precision=uniform_precisions(units, fast),
+                    distillation=distill,
                 )
         return refs
 

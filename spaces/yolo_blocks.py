@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import copy
 
-from evaluators.offline import ensure_offline
-
-ensure_offline()
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from ultralytics.nn.modules.block import C2PSA, C2f  # noqa: E402
+import torch
+from torch import nn
+from ultralytics.nn.modules.block import C2PSA, C2f
 
 # Attributes Ultralytics' parse_model puts on every layer of a DetectionModel; its forward
 # reads `f` (where the input comes from) and `i` (whether the output is saved).

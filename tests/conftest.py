@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from evaluators.offline import ensure_offline  # noqa: E402
+from evaluators.environment import ensure_offline
 
 ensure_offline()
 
@@ -39,19 +39,28 @@ def run_cli(args: list[str], home: Path, timeout: int = 900, **kwargs) -> subpro
     env = dict(os.environ, SQUEEZEFIT_HOME=str(home), PYTHONUNBUFFERED="1")
     env.pop("YOLO_CONFIG_DIR", None)
     return subprocess.run(
-        [sys.executable, "-m", "search.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, **kwargs
+        [sys.executable, "-m", "search.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
     )
 
 
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory) -> SmokeStudy:
     """The smoke study, run once per test session and shared by the search, export and transfer tests."""
-    from search.baseline import REPO_BASELINE
+    from search.embedded.baseline import REPO_BASELINE
 
     if not REPO_BASELINE.is_file():
         pytest.fail(f"the committed baseline {REPO_BASELINE} is missing")
     home = tmp_path_factory.mktemp("smoke-home")
     storage = f"sqlite:///{home}/studies.db"
-    result = run_cli(["search", "studies/smoke.yaml", "--study", "smoke-test", "--storage", storage, "--out", str(home / "out")], home)
+    result = run_cli(
+        ["search", "studies/smoke.yaml", "--study", "smoke-test", "--storage", storage, "--out", str(home / "out")],
+        home,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return SmokeStudy("smoke-test", storage, home, home / "out", result.stdout)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from evaluators.exceptions import UserError
 from evaluators.remote import DEFAULT_MAX_UPLOAD_MB, TOKEN_ENV, serve
+from evaluators.vocabulary import UserError
 
 HELP = "serve a device to remote searches: measure uploaded ONNX artifacts one at a time"
 
@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765, help="port to listen on")
     parser.add_argument("--token", help=f"shared secret clients must send (default: ${TOKEN_ENV})")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                        help="refuse artifacts larger than this many MB")
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="refuse artifacts larger than this many MB"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

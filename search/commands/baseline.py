@@ -7,14 +7,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from evaluators.offline import data_dir
+from evaluators.paths import data_dir
 
 HELP = "Train a YOLO baseline from scratch on the embedded data set and record its mAP next to it."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", default="yolo11n", help="yolo11n, yolo11s, yolov8n or yolov8s (default yolo11n)")
-    parser.add_argument("--out", type=Path, default=None, help="checkpoint path (default studies/baseline/<family>-digits.pt)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="checkpoint path (default studies/baseline/<family>-digits.pt)"
+    )
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--imgsz", type=int, default=192)
     parser.add_argument("--batch", type=int, default=32)
@@ -24,16 +26,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.baseline import REPO_BASELINE, train_baseline
-    from search.embedded_data import DatasetSpec, dataset_digest, generate_dataset
+    from search.embedded.baseline import REPO_BASELINE, train_baseline
+    from search.embedded.data import DatasetSpec, dataset_digest, generate_dataset
 
     spec = DatasetSpec(train=args.train_images, val=args.val_images, imgsz=args.imgsz, seed=args.seed)
     data_yaml = generate_dataset(data_dir(), spec, progress=True)
     out = args.out or REPO_BASELINE.with_name(f"{args.family}-digits.pt")
-    command = "squeezefit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("squeezefit") else ""
+    command = (
+        "squeezefit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("squeezefit") else ""
+    )
     record = train_baseline(
-        args.family, data_yaml, out, imgsz=args.imgsz, epochs=args.epochs, batch=args.batch, seed=args.seed,
-        data_digest=dataset_digest(data_yaml.parent), command=command,
-    )  # fmt: skip
-    print(f"baseline {out}: mAP50-95 {record.map50_95:.4f}, mAP50 {record.map50:.4f} after {record.epochs} epochs ({record.train_seconds:.0f} s)")
+        args.family,
+        data_yaml,
+        out,
+        imgsz=args.imgsz,
+        epochs=args.epochs,
+        batch=args.batch,
+        seed=args.seed,
+        data_digest=dataset_digest(data_yaml.parent),
+        command=command,
+    )
+    print(
+        f"baseline {out}: mAP50-95 {record.map50_95:.4f}, mAP50 {record.map50:.4f} after {record.epochs} epochs ({record.train_seconds:.0f} s)"
+    )
     return 0

@@ -33,24 +33,42 @@ at the slow end. studies/smoke.yaml --trials 7 ends in ~3 min.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("config", type=Path, nargs="?", default=Path("studies/default.yaml"), help="study YAML (default studies/default.yaml)")
-    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help=f"finished trials per search, the references included (default {DEFAULT_TRIALS})")
+    parser.add_argument(
+        "config",
+        type=Path,
+        nargs="?",
+        default=Path("studies/default.yaml"),
+        help="study YAML (default studies/default.yaml)",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=DEFAULT_TRIALS,
+        help=f"finished trials per search, the references included (default {DEFAULT_TRIALS})",
+    )
     parser.add_argument("--out", type=Path, help="output directory (default out/<bench name>)")
-    parser.add_argument("--storage", help="Optuna storage URL for the two studies (default: the config's, or SQLite under studies/)")
-    parser.add_argument("--report", type=Path, help="markdown report path; the PNG and JSON go beside it (default <out>/bench.md)")
+    parser.add_argument(
+        "--storage", help="Optuna storage URL for the two studies (default: the config's, or SQLite under studies/)"
+    )
+    parser.add_argument(
+        "--report", type=Path, help="markdown report path; the PNG and JSON go beside it (default <out>/bench.md)"
+    )
     parser.add_argument("--no-early-stop", action="store_true", help="never stop a fine-tune early, in both searches")
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.bench import bench_name, check_targets, run_bench
-    from search.bench_report import write_outputs
+    from search.bench.points import check_targets
+    from search.bench.report import write_outputs
+    from search.bench.run import bench_name, run_bench
     from search.study import StudyConfig
 
     config = StudyConfig.from_yaml(args.config, trials=args.trials, storage=args.storage)
     name = bench_name()
     out = args.out or Path("out") / name
     command = "squeezefit bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if "bench" in sys.argv[1:2] else ""
-    result = run_bench(config, name=name, cache_path=out / "latency-cache.sqlite", early_stop=not args.no_early_stop, command=command)
+    result = run_bench(
+        config, name=name, cache_path=out / "latency-cache.sqlite", early_stop=not args.no_early_stop, command=command
+    )
     report, png, raw = write_outputs(result, args.report or out / "bench.md")
     print(f"\nbench {name}: wall {sum(result.wall_seconds.values()) / 60:.1f} min")
     for target in check_targets(result):

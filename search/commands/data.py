@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from evaluators.offline import data_dir
+from evaluators.paths import data_dir
 
 HELP = "Generate the embedded default data set (deterministic; nothing is downloaded)."
 
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.embedded_data import DatasetSpec, generate_dataset
+    from search.embedded.data import DatasetSpec, generate_dataset
 
     spec = DatasetSpec(train=args.train, val=args.val, imgsz=args.imgsz, seed=args.seed)
     start = time.perf_counter()

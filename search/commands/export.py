@@ -12,9 +12,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", required=True, help="study name")
     parser.add_argument("--storage", help="Optuna storage URL (default: SQLite under studies/)")
     choice = parser.add_mutually_exclusive_group(required=True)
-    choice.add_argument("--budget-ms", type=float, help="export the best-mAP complete trial with p50 within this budget")
+    choice.add_argument(
+        "--budget-ms", type=float, help="export the best-mAP complete trial with p50 within this budget"
+    )
     choice.add_argument("--trial", type=int, help="export this trial number")
-    parser.add_argument("--out", type=Path, required=True, help="bundle directory (policy.yaml, model.onnx, model.pt, card.md)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="bundle directory (policy.yaml, model.onnx, model.pt, card.md)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

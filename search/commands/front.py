@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(shown.to_dict(orient="records"), indent=1))
     else:
-        print(f"study {args.study!r}: {len(table)} finished trials, {int(table['feasible'].sum())} feasible, budget {budget:.2f} ms")
+        print(
+            f"study {args.study!r}: {len(table)} finished trials, {int(table['feasible'].sum())} feasible, budget {budget:.2f} ms"
+        )
         cols = ["trial", "status", "map50_95", "latency_ms", "size_mb", "policy_id", "reference"]
         print(shown[cols].to_string(index=False) if not shown.empty else "  (no feasible trial)")
     return 0

@@ -9,7 +9,13 @@ HELP = "Search compression policies for a model against a device's latency budge
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", type=Path, nargs="?", default=Path("studies/default.yaml"), help="study YAML (default studies/default.yaml)")
+    parser.add_argument(
+        "config",
+        type=Path,
+        nargs="?",
+        default=Path("studies/default.yaml"),
+        help="study YAML (default studies/default.yaml)",
+    )
     parser.add_argument("--study", dest="name", help="study name (default: the config's name)")
     parser.add_argument("--storage", help="Optuna storage URL (default: SQLite under studies/)")
     parser.add_argument("--trials", type=int, help="finished trials the study should reach")
@@ -19,20 +25,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit-min", type=float, help="stop starting trials after this many minutes")
     parser.add_argument("--resume", action="store_true", help="continue a stopped study of the same name")
     parser.add_argument("--no-early-stop", action="store_true", help="never stop a fine-tune early")
-    parser.add_argument("--out", type=Path, help="where to export the best policy under the budget (default out/<study>)")
+    parser.add_argument(
+        "--out", type=Path, help="where to export the best policy under the budget (default out/<study>)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from search.export import export_bundle
     from search.front import pareto_front, plot_front, trials_table
-    from search.setup import prepare
+    from search.prepare import prepare
     from search.study import StudyConfig, load_study
     from search.tuner import check_can_start, run_search
 
     config = StudyConfig.from_yaml(
-        args.config, name=args.name, storage=args.storage, trials=args.trials, budget_ms=args.budget_ms,
-        device=args.device, sampler=args.sampler, time_limit_min=args.time_limit_min,
-    )  # fmt: skip
+        args.config,
+        name=args.name,
+        storage=args.storage,
+        trials=args.trials,
+        budget_ms=args.budget_ms,
+        device=args.device,
+        sampler=args.sampler,
+        time_limit_min=args.time_limit_min,
+    )
     if args.budget_ms is not None:
         config = config.with_overrides(budget_fraction=None)
     check_can_start(config.name, config.storage_url, resume=args.resume)  # before minutes of preparation
@@ -41,10 +55,18 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(config.name, config.storage_url)
     table = trials_table(study)
     front = pareto_front(table)
-    print(f"\nstudy {config.name!r}: {len(table)} finished trials in {outcome.seconds / 60:.1f} min; Pareto front (budget {outcome.budget_ms:.2f} ms):")
-    print(front[["trial", "map50_95", "latency_ms", "size_mb", "policy_id", "reference"]].to_string(index=False) if not front.empty else "  (empty)")
+    print(
+        f"\nstudy {config.name!r}: {len(table)} finished trials in {outcome.seconds / 60:.1f} min; Pareto front (budget {outcome.budget_ms:.2f} ms):"
+    )
+    print(
+        front[["trial", "map50_95", "latency_ms", "size_mb", "policy_id", "reference"]].to_string(index=False)
+        if not front.empty
+        else "  (empty)"
+    )
     out = args.out or Path("out") / config.name
-    png = plot_front(table, outcome.budget_ms, out / "front.png", title=f"{config.name} on {config.device}", html=out / "front.html")
+    png = plot_front(
+        table, outcome.budget_ms, out / "front.png", title=f"{config.name} on {config.device}", html=out / "front.html"
+    )
     print(f"front plot: {png}")
     if not front.empty:
         bundle = export_bundle(study, out / "best", budget_ms=outcome.budget_ms)

@@ -12,23 +12,41 @@ HELP = "Reuse a study on a new device: mAP carries over, latency is measured aga
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", required=True, help="the finished source study")
-    parser.add_argument("--storage", help="Optuna storage URL of the source; the new study goes there too (default: SQLite under studies/)")
+    parser.add_argument(
+        "--storage",
+        help="Optuna storage URL of the source; the new study goes there too (default: SQLite under studies/)",
+    )
     parser.add_argument("--device", required=True, help="the new device, e.g. openvino-cpu, ort-cpu:2")
-    parser.add_argument("--name", help="name of the new study (default <study>-on-<device>); an existing transfer of the same study resumes")
+    parser.add_argument(
+        "--name",
+        help="name of the new study (default <study>-on-<device>); an existing transfer of the same study resumes",
+    )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget-ms", type=float, help="latency budget (p50, ms) on the new device")
     budget.add_argument("--budget-fraction", type=float, help="budget as a fraction of the new device's FP32 baseline")
-    parser.add_argument("--continue", dest="continue_trials", type=int, default=0, metavar="N",
-                        help="then run N more trials of the search on the new device (default 0)")  # fmt: skip
-    parser.add_argument("--select", choices=("all", "front+topK"), default="all",
-                        help="carry every complete trial (and still-too-slow untuned ones), or the source front plus the top K by mAP")  # fmt: skip
+    parser.add_argument(
+        "--continue",
+        dest="continue_trials",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then run N more trials of the search on the new device (default 0)",
+    )
+    parser.add_argument(
+        "--select",
+        choices=("all", "front+topK"),
+        default="all",
+        help="carry every complete trial (and still-too-slow untuned ones), or the source front plus the top K by mAP",
+    )
     parser.add_argument("--top-k", type=int, default=5, help="K for --select front+topK (default 5)")
-    parser.add_argument("--no-early-stop", action="store_true", help="never stop a fine-tune of the continued search early")
+    parser.add_argument(
+        "--no-early-stop", action="store_true", help="never stop a fine-tune of the continued search early"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from evaluators.exceptions import UserError
+    from evaluators.vocabulary import UserError
     from search.study import StudyConfig
     from search.transfer import transfer_study
 
@@ -38,9 +56,17 @@ def run(args: argparse.Namespace) -> int:
     progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with progress:
         report = transfer_study(
-            args.study, storage, args.device, name=args.name, budget_ms=args.budget_ms, budget_fraction=args.budget_fraction,
-            continue_trials=args.continue_trials, select=args.select, top_k=args.top_k, early_stop=not args.no_early_stop,
-        )  # fmt: skip
+            args.study,
+            storage,
+            args.device,
+            name=args.name,
+            budget_ms=args.budget_ms,
+            budget_fraction=args.budget_fraction,
+            continue_trials=args.continue_trials,
+            select=args.select,
+            top_k=args.top_k,
+            early_stop=not args.no_early_stop,
+        )
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
@@ -53,24 +79,52 @@ def print_report(report) -> None:
     import pandas as pd
 
     r = report
-    share = f" ({r.time_fraction:.0%} of the source search's {r.source_seconds / 60:.1f} min)" if r.time_fraction is not None else ""
-    print(f"\nstudy {r.source_study!r} ({r.source_device}) -> {r.study!r} ({r.device}): {len(r.trials)} trial(s) carried "
-          f"in {r.seconds / 60:.1f} min{share}, no fine-tuning")  # fmt: skip
-    print(f"budget {r.budget_ms:.2f} ms on {r.device} (FP32 baseline {r.baseline_latency_ms:.2f} ms); "
-          f"source: {r.source_budget_ms:.2f} ms on {r.source_device} (baseline {r.source_baseline_latency_ms:.2f} ms)")  # fmt: skip
-    rows = [{"from": t.source_trial, "trial": t.trial, "reference": t.reference, "status": t.status,
-             "mAP src": round(t.source_map50_95, 4), "mAP here": round(t.map50_95, 4), "mAP": t.map_source,
-             "ms src": round(t.source_latency_ms, 2), "ms here": round(t.latency_ms, 2), "changes": "; ".join(t.changes)}
-            for t in r.trials]  # fmt: skip
+    share = (
+        f" ({r.time_fraction:.0%} of the source search's {r.source_seconds / 60:.1f} min)"
+        if r.time_fraction is not None
+        else ""
+    )
+    print(
+        f"\nstudy {r.source_study!r} ({r.source_device}) -> {r.study!r} ({r.device}): {len(r.trials)} trial(s) carried "
+        f"in {r.seconds / 60:.1f} min{share}, no fine-tuning"
+    )
+    print(
+        f"budget {r.budget_ms:.2f} ms on {r.device} (FP32 baseline {r.baseline_latency_ms:.2f} ms); "
+        f"source: {r.source_budget_ms:.2f} ms on {r.source_device} (baseline {r.source_baseline_latency_ms:.2f} ms)"
+    )
+    rows = [
+        {
+            "from": t.source_trial,
+            "trial": t.trial,
+            "reference": t.reference,
+            "status": t.status,
+            "mAP src": round(t.source_map50_95, 4),
+            "mAP here": round(t.map50_95, 4),
+            "mAP": t.map_source,
+            "ms src": round(t.source_latency_ms, 2),
+            "ms here": round(t.latency_ms, 2),
+            "changes": "; ".join(t.changes),
+        }
+        for t in r.trials
+    ]
     print(pd.DataFrame(rows).to_string(index=False) if rows else "  (nothing carried)")
     for number, reason in r.skipped:
         print(f"  skipped source trial {number}: {reason}")
-    rho = "undefined (fewer than 3 trials or constant latency)" if r.latency_rank_correlation is None else f"{r.latency_rank_correlation:.3f}"
+    rho = (
+        "undefined (fewer than 3 trials or constant latency)"
+        if r.latency_rank_correlation is None
+        else f"{r.latency_rank_correlation:.3f}"
+    )
     print(f"latency rank correlation (Spearman) {r.source_device} vs {r.device}: {rho}")
     if r.continued:
         print(f"continued search: {r.continued} trial(s) in {r.continue_seconds / 60:.1f} min")
     print(f"\nPareto front on {r.device} (budget {r.budget_ms:.2f} ms):")
-    front = pd.DataFrame([{**row, "transferred_from": "" if row["transferred_from"] is None else row["transferred_from"]} for row in r.front])
+    front = pd.DataFrame(
+        [
+            {**row, "transferred_from": "" if row["transferred_from"] is None else row["transferred_from"]}
+            for row in r.front
+        ]
+    )
     print(front.to_string(index=False) if not front.empty else "  (empty)")
     names = {t.source_trial: t.reference or t.policy_id for t in r.trials}
 

@@ -1,0 +1,194 @@
+"""The benchmark: the searched front against uniform compression and random search, in one run.
+
+Contenders, all measured in one process on one device with the same fine-tune budget
+(the config's epochs, train/val fidelity and seed):
+
+- "fp32": the baseline's exported FP32 artifact (its latency is L0, its mAP50-95 M0);
+- "uniform": what users apply by hand, fine-tuned whatever their latency — every reference
+  policy of the space but FP32 (all-INT8, all-FP16, uniform pruning 0.25 / 0.5 / 0.75 at
+  the fastest precision with distillation) plus pruning 0.5 without distillation;
+- "search": a `run_search` study with the config's sampler (TPE or NSGA-II);
+- "random": the same study with Optuna's RandomSampler, the same trial count, budget,
+  enqueued reference policies and early-stopping setting.
+
+All contenders share one per-policy result directory, so a policy two of them evaluate
+(the enqueued references) is computed once and reused with its measured scores; every
+latency is timed in this run (a fresh latency cache), so machine drift hits all alike.
+
+This module is the pure part — fronts, 2-D hypervolume, best mAP under a budget, the
+targets — on `BenchPoint`s; the report (`search.bench.report`) is rendered from it and the
+run (`search.bench.run`) produces it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+FP32, UNIFORM, SEARCH, RANDOM = "fp32", "uniform", "search", "random"
+CONTENDERS = (FP32, UNIFORM, SEARCH, RANDOM)
+BUDGET_FRACTIONS = (0.5, 0.33, 0.25)  # of L0: the budgets the best-under-budget table reports
+# Targets of the benchmark: retained mAP under 0.33·L0, margin over the best uniform policy,
+# and the searched front's hypervolume relative to random search's.
+TARGET_RETAINED, TARGET_RETAINED_FRACTION = 0.97, 0.33
+TARGET_MARGIN = 0.01
+TARGET_HV_RATIO = 1.1
+
+
+@dataclass(frozen=True)
+class BenchPoint:
+    """One evaluated policy of one contender.
+
+    latency_ms: p50 on the bench device; map50_95: of the deployed artifact. status:
+    "complete" (deployed artifact scored, within the contender's budget), "infeasible"
+    (over the search budget) or "pruned" (fine-tune stopped early). Only complete points
+    enter fronts, hypervolumes and budget tables. seconds: the policy's measured compute.
+    """
+
+    contender: str
+    label: str
+    map50_95: float
+    latency_ms: float
+    status: str = "complete"
+    policy_id: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Everything one bench run measured; round-trips through `to_dict` / `from_dict` (JSON).
+
+    baseline_latency_ms (L0) and baseline_map (M0) are the FP32 artifact's; budget_ms is
+    the searches' latency budget; wall_seconds maps a contender to its wall time.
+    """
+
+    name: str
+    command: str
+    date: str
+    config: dict
+    sampler: str
+    trials: int
+    early_stop: bool
+    baseline_latency_ms: float
+    baseline_map: float
+    budget_ms: float
+    fingerprint: dict
+    versions: dict
+    threads: dict
+    points: tuple[BenchPoint, ...]
+    wall_seconds: dict = field(default_factory=dict)
+    studies: dict = field(default_factory=dict)
+    storage: str = ""
+
+    def of(self, contender: str) -> list[BenchPoint]:
+        return [p for p in self.points if p.contender == contender]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["points"] = [asdict(p) for p in self.points]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BenchResult:
+        return cls(**{**data, "points": tuple(BenchPoint(**p) for p in data["points"])})
+
+
+# --- pure computations ------------------------------------------------------------------
+
+
+def front(points: Iterable[BenchPoint], max_latency_ms: float = math.inf) -> list[BenchPoint]:
+    """Complete, non-dominated points (higher mAP, lower latency) within `max_latency_ms`, fastest first."""
+    usable = sorted(
+        (p for p in points if p.status == "complete" and p.latency_ms <= max_latency_ms),
+        key=lambda p: (p.latency_ms, -p.map50_95),
+    )
+    kept, best = [], -math.inf
+    for p in usable:
+        if p.map50_95 > best:  # faster points came first: only a higher mAP is not dominated
+            kept.append(p)
+            best = p.map50_95
+    return kept
+
+
+def hypervolume_2d(points: Iterable[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """Area (ms x mAP) dominated by (latency_ms, map) points and bounded by `reference`.
+
+    Latency is minimised, mAP maximised: a point dominates the box from itself to
+    (reference latency, reference mAP). Points not better than the reference on both
+    axes add nothing. A sweep over the points sorted by latency.
+    """
+    ref_latency, ref_map = reference
+    area, best = 0.0, ref_map
+    for latency, value in sorted(p for p in points if p[0] < ref_latency and p[1] > ref_map):
+        if value > best:  # each new best adds the strip between the old best and it
+            area += (ref_latency - latency) * (value - best)
+            best = value
+    return area
+
+
+def hypervolume(points: Iterable[BenchPoint], budget_ms: float) -> float:
+    """Hypervolume of a contender's complete points within `budget_ms`, reference (budget_ms, mAP 0).
+
+    Only the region the searches were asked to cover counts: they never fine-tune a
+    policy over the budget, so points beyond it would favour the uniform set.
+    """
+    return hypervolume_2d(((p.latency_ms, p.map50_95) for p in front(points, budget_ms)), (budget_ms, 0.0))
+
+
+def best_under(points: Iterable[BenchPoint], budget_ms: float) -> BenchPoint | None:
+    """The highest-mAP complete point with latency <= `budget_ms` (ties: the faster), or None."""
+    fits = [p for p in points if p.status == "complete" and p.latency_ms <= budget_ms]
+    return max(fits, key=lambda p: (p.map50_95, -p.latency_ms), default=None)
+
+
+def speedup(latency_ms: float, baseline_latency_ms: float) -> float:
+    """L0 / L: how many times faster than the FP32 baseline."""
+    return baseline_latency_ms / latency_ms if latency_ms > 0 else math.inf
+
+
+def retained(map50_95: float, baseline_map: float) -> float:
+    """M / M0: the fraction of the FP32 baseline's mAP50-95 kept."""
+    return map50_95 / baseline_map if baseline_map > 0 else 0.0
+
+
+def check_targets(result: BenchResult) -> list[Target]:
+    """The benchmark's pass/fail targets, in the order the report lists them."""
+    l0, m0 = result.baseline_latency_ms, result.baseline_map
+    searched, uniform = result.of(SEARCH), result.of(UNIFORM)
+    targets = []
+    best = best_under(searched, TARGET_RETAINED_FRACTION * l0)
+    kept = retained(best.map50_95, m0) if best else 0.0
+    targets.append(
+        Target(
+            f"search keeps >= {TARGET_RETAINED:.0%} of M0 under {TARGET_RETAINED_FRACTION:g}·L0",
+            kept >= TARGET_RETAINED,
+            f"{kept:.1%} ({best.label})" if best else "no searched policy fits",
+        )
+    )
+    for fraction in BUDGET_FRACTIONS:
+        s, u = best_under(searched, fraction * l0), best_under(uniform, fraction * l0)
+        passed = s is not None and (u is None or s.map50_95 >= u.map50_95 + TARGET_MARGIN)
+        detail = f"search {_map(s)} vs uniform {_map(u)}" + (f" ({s.map50_95 - u.map50_95:+.4f})" if s and u else "")
+        targets.append(Target(f"search >= best uniform + {TARGET_MARGIN} under {fraction:g}·L0", passed, detail))
+    hv_s, hv_r = hypervolume(searched, result.budget_ms), hypervolume(result.of(RANDOM), result.budget_ms)
+    ratio = hv_s / hv_r if hv_r > 0 else (math.inf if hv_s > 0 else 0.0)
+    targets.append(
+        Target(
+            f"search hypervolume >= {TARGET_HV_RATIO}x random's",
+            ratio >= TARGET_HV_RATIO,
+            f"{hv_s:.4f} vs {hv_r:.4f} ({ratio:.2f}x)",
+        )
+    )
+    return targets
+
+
+def _map(point: BenchPoint | None) -> str:
+    return f"{point.map50_95:.4f}" if point else "none fits"

@@ -1,0 +1,166 @@
+"""Turn a StudyConfig into what trials need: data, baseline, device, space, budget.
+
+`prepare(config)` does the few real measurements a study needs before its first trial:
+the baseline's FP32 artifact is exported and timed on the device (the reference latency
+L0 that `budget_fraction` is relative to), and the most compressed policy the space allows
+is timed too, so an impossible budget is a clear error before any trial runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ultralytics.nn.tasks import load_checkpoint
+
+from evaluators.base import TimingSettings
+from evaluators.datasets import split_images
+from evaluators.paths import data_dir, studies_dir
+from evaluators.registry import get_device
+from evaluators.vocabulary import UserError
+from search.study import StudyConfig
+from search.trial import TrialContext, build_screen
+from spaces.onnx_export import export_onnx, precision_units
+from spaces.policy import Policy
+from spaces.precision import uniform_precisions
+from spaces.pruning import pruning_units, uniform_ratios
+from spaces.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A study ready to run: the trial context plus the reference measurements (ms)."""
+
+    context: TrialContext
+    baseline_latency_ms: float
+    fastest_latency_ms: float
+    fingerprint: dict
+
+
+def resolve_data(config: StudyConfig) -> Path:
+    """The data YAML of a study: the embedded set (generated if needed) or the given file."""
+    if config.data == "embedded":
+        from search.embedded.baseline import BaselineRecord
+        from search.embedded.data import DatasetSpec, generate_dataset
+
+        record = BaselineRecord.load(Path(config.model))
+        return generate_dataset(data_dir(), DatasetSpec(imgsz=record.imgsz, seed=record.seed), progress=True)
+    path = Path(config.data)
+    if not path.is_file():
+        raise UserError(f"data set file {path} does not exist.")
+    return path.resolve()
+
+
+def calibration_images(data_yaml: Path, count: int) -> tuple[str, ...]:
+    """The first `count` training images (sorted by name): INT8 calibration comes from the train split."""
+    _, images = split_images(data_yaml, "train")
+    if not images:
+        raise UserError(f"the train split of {data_yaml} has no images to calibrate INT8 with.")
+    return tuple(str(p) for p in images[:count])
+
+
+def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
+    """12 hex digits naming what a trial's result depends on besides its policy.
+
+    Trials write under `runs/<study>-<digest>/<policy_id>/` and reuse a finished result
+    found there, so two studies share results only when storage, checkpoint bytes, data,
+    device, budget, fidelity and seed all agree.
+    """
+    settings = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in ("name", "trials", "time_limit_min", "concurrency", "sampler")
+    }
+    digest = hashlib.sha256(json.dumps({**settings, "storage": config.storage_url}, sort_keys=True).encode())
+    digest.update(Path(checkpoint).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def load_baseline(checkpoint: Path):
+    """The detection model in an Ultralytics checkpoint; UserError for a missing, corrupt or non-YOLO file."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise UserError(f"model checkpoint {checkpoint} does not exist; train one with `squeezefit baseline`.")
+    try:
+        model, _ = load_checkpoint(checkpoint)
+    except Exception as exc:  # torch.load raises pickle, zip and attribute errors alike
+        raise UserError(
+            f"model checkpoint {checkpoint} cannot be loaded as an Ultralytics model ({type(exc).__name__})."
+        ) from None
+    if type(model).__name__ != "DetectionModel" or not getattr(model, "names", None):
+        raise UserError(f"model checkpoint {checkpoint} holds a {type(model).__name__}, not a YOLO detection model.")
+    return model
+
+
+def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
+    """Resolve everything a study's trials share, with the two reference latencies measured."""
+    checkpoint = Path(config.model)
+    model = load_baseline(checkpoint)
+    data_yaml = resolve_data(config)
+    device = get_device(config.device)
+    outdir = studies_dir() / "runs" / f"{name or config.name}-{setup_digest(config, checkpoint)}"
+    outdir.mkdir(parents=True, exist_ok=True)
+    reference = export_onnx(model, outdir / "baseline-fp32.onnx", imgsz=config.imgsz, names=model.names)
+    space = SearchSpace(
+        pruning_units=tuple(pruning_units(model)),
+        precision_units=tuple(precision_units(reference)),
+        offered=tuple(p for p in ("int8", "fp16", "fp32") if p in device.precisions),
+        max_epochs=config.finetune_epochs,
+        ratio_ranges=sensitivity_ranges(config, checkpoint, model),
+    )
+    timing = TimingSettings(min_seconds=config.latency_min_seconds)
+    baseline_ms = device.measure(reference, settings=timing).p50_ms
+    budget = config.budget_ms or baseline_ms * (config.budget_fraction or 1.0)
+    context = TrialContext(
+        checkpoint=str(checkpoint.resolve()),
+        data_yaml=str(data_yaml),
+        imgsz=config.imgsz,
+        device=config.device,
+        budget_ms=float(budget),
+        space=space,
+        calibration_images=calibration_images(data_yaml, config.calibration_images),
+        outdir=str(outdir),
+        timing=timing,
+        train_images=config.train_images,
+        val_images=config.val_images,
+        seed=config.seed,
+    )
+    fastest_ms = _fastest_latency(context, device, model)
+    if fastest_ms > budget:
+        raise UserError(
+            f"the budget of {budget:.2f} ms is below the fastest policy the space allows ({fastest_ms:.2f} ms on {config.device})."
+        )
+    return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict())
+
+
+def _fastest_latency(ctx: TrialContext, device, model) -> float:
+    """p50 (ms) of the fastest corner of the space: every unit at the largest ratio, at each offered precision.
+
+    Every precision is measured, not assumed: on a small pruned model INT8's Q/DQ overhead
+    can make it slower than FP32. The artifacts are the trials' own screen artifacts.
+    """
+    space = ctx.space
+    ratios = uniform_ratios(space.pruning_units, space.ratio_range[1])
+    latencies = []
+    for precision in space.offered:
+        policy = Policy(pruning=ratios, precision=uniform_precisions(space.precision_units, precision))
+        path = Path(ctx.outdir) / f"fastest-{precision}.onnx"
+        _, _, screen = build_screen(policy, ctx, device.recipe_for(), path, baseline=model)
+        latencies.append(device.measure(screen.path, settings=ctx.timing).p50_ms)
+    return min(latencies)
+
+
+def sensitivity_ranges(config: StudyConfig, checkpoint: Path, model) -> dict:
+    """Per-unit pruning ranges from the model's stored sensitivity, when the config asks for them."""
+    if config.sensitivity_max_drop is None:
+        return {}
+    from spaces.sensitivity import Sensitivity, ratio_ranges_from, sensitivity_path
+
+    path = sensitivity_path(checkpoint)
+    if not path.is_file():
+        raise UserError(
+            f"the config sets sensitivity_max_drop but {path} does not exist; run `squeezefit sensitivity` first."
+        )
+    return ratio_ranges_from(Sensitivity.load(path, model), config.sensitivity_max_drop)

@@ -1,0 +1,209 @@
+"""The main job end to end on the smoke config: states, objectives, front, export, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.cli import main
+from search.embedded.baseline import REPO_BASELINE
+from search.front import pareto_front, trials_table
+from search.study import load_study, study_record
+from tests.conftest import REPO, run_cli
+
+SMOKE_TRIALS = 7
+
+
+def test_trials_reach_their_designed_states(smoke_study):
+    study = load_study(smoke_study.name, smoke_study.storage)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == SMOKE_TRIALS
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}  # none left RUNNING or WAITING
+    statuses = [t.user_attrs["status"] for t in trials]
+    assert "infeasible" in statuses and "complete" in statuses
+    budget = study_record(study)["budget_ms"]
+    for t in trials:
+        attrs = t.user_attrs
+        assert attrs["fingerprint"]["runtime"] == "onnxruntime" and attrs["policy_id"]
+        assert Path(attrs["artifact"]).is_file()
+        if t.state == TrialState.COMPLETE:
+            assert t.values == [attrs["map50_95"], attrs["latency_ms"]]
+            assert (t.constraints["latency_budget"] <= 0) == (attrs["latency_ms"] <= budget)  # the sampler knows
+        if attrs["status"] == "complete":
+            assert Path(attrs["weights"]).is_file() and attrs["latency_ms"] <= budget
+    references = {t.user_attrs.get("reference") for t in trials} - {None}
+    assert {"fp32", "all-int8", "prune-0.25-int8", "prune-0.5-int8", "prune-0.75-int8"} <= references
+    assert "[trial 7/7]" in smoke_study.stdout and "best policy under the budget exported" in smoke_study.stdout
+
+
+def test_over_budget_policy_spends_no_finetuning(smoke_study):
+    study = load_study(smoke_study.name, smoke_study.storage)
+    infeasible = [t.user_attrs for t in study.trials if t.user_attrs.get("status") == "infeasible"]
+    assert infeasible
+    for attrs in infeasible:
+        assert (
+            "finetune" not in attrs["seconds"] and "budget" in attrs["reason"] and "no fine-tuning" in attrs["reason"]
+        )
+        assert sum(attrs["seconds"].values()) < 120  # prune + latency + validation: seconds, not a fine-tune
+        trial_dir = Path(attrs["artifact"]).parent
+        assert not (trial_dir / "train").exists() and not (trial_dir / "model.pt").exists()
+
+
+def test_front_command(smoke_study, tmp_path, capsys):
+    args = ["front", "--study", smoke_study.name, "--storage", smoke_study.storage]
+    assert main([*args, "--json", "--plot", str(tmp_path / "front.png")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and {"trial", "map50_95", "latency_ms", "feasible", "policy_id"} <= set(rows[0])
+    assert all(r["feasible"] for r in rows)
+    assert (tmp_path / "front.png").stat().st_size > 10_000 and (tmp_path / "front.html").is_file()
+    table = trials_table(load_study(smoke_study.name, smoke_study.storage))
+    assert len(rows) == len(pareto_front(table)) >= 1
+    assert main([*args, "--all", "--csv", str(tmp_path / "all.csv")]) == 0
+    assert len((tmp_path / "all.csv").read_text().splitlines()) == SMOKE_TRIALS + 1
+
+
+def test_export_bundle_validates_and_reproduces(smoke_study, tmp_path):
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from evaluators.artifact import structure_hash
+    from spaces.policy import Policy
+    from spaces.precision import build_artifact
+    from spaces.pruning import apply_pruning
+
+    study = load_study(smoke_study.name, smoke_study.storage)
+    record = study_record(study)
+    out = tmp_path / "bundle"
+    assert (
+        main(
+            [
+                "export",
+                "--study",
+                smoke_study.name,
+                "--storage",
+                smoke_study.storage,
+                "--budget-ms",
+                str(record["budget_ms"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert {p.name for p in out.iterdir()} >= {"policy.yaml", "model.onnx", "model.pt", "card.md"}
+    card = (out / "card.md").read_text()
+    assert "mAP50-95" in card and "p50" in card and record["device"] in card
+
+    metrics = YOLO(str(out / "model.onnx"), task="detect").val(
+        data=record["data_yaml"],
+        imgsz=record["imgsz"],
+        batch=1,
+        device="cpu",
+        workers=0,
+        plots=False,
+        project=str(tmp_path),
+        name="val",
+    )
+    assert 0.0 <= metrics.box.map <= 1.0
+    images = sorted((Path(record["data_yaml"]).parent / "images" / "val").glob("*.jpg"))[:2]
+    assert len(YOLO(str(out / "model.onnx"), task="detect").predict(images, imgsz=record["imgsz"], verbose=False)) == 2
+
+    policy = Policy.from_yaml(out / "policy.yaml")
+    baseline, _ = load_checkpoint(REPO_BASELINE)
+    pruned = apply_pruning(baseline, policy.pruning, imgsz=record["imgsz"])
+    images = sorted((Path(record["data_yaml"]).parent / "images" / "train").glob("*.jpg"))[:4]
+    again = build_artifact(
+        pruned.model,
+        policy.precision,
+        tmp_path / "again.onnx",
+        imgsz=record["imgsz"],
+        names=baseline.names,
+        calibration_images=images,
+    )
+    assert structure_hash(again.path) == structure_hash(out / "model.onnx")
+
+
+def test_export_and_front_user_errors(smoke_study, tmp_path, capsys):
+    study = load_study(smoke_study.name, smoke_study.storage)
+    infeasible = next(t.number for t in study.trials if t.user_attrs.get("status") == "infeasible")
+    base = ["export", "--study", smoke_study.name, "--storage", smoke_study.storage, "--out", str(tmp_path / "x")]
+    assert main([*base, "--trial", str(infeasible)]) == 2
+    assert main([*base, "--budget-ms", "0.0001"]) == 2
+    assert main(["front", "--study", "no-such-study", "--storage", smoke_study.storage]) == 2
+    err = capsys.readouterr().err
+    assert "only complete trials" in err and "fits a 0.00 ms budget" in err and "no study named 'no-such-study'" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_study_is_not_overwritten(smoke_study):
+    before = len(load_study(smoke_study.name, smoke_study.storage).trials)
+    result = run_cli(
+        ["search", "studies/smoke.yaml", "--study", smoke_study.name, "--storage", smoke_study.storage],
+        smoke_study.home,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "already exists" in result.stderr and "--resume" in result.stderr
+    assert len(load_study(smoke_study.name, smoke_study.storage).trials) == before
+
+
+def test_killed_search_resumes_without_losing_trials(tmp_path):
+    """SIGKILL the whole search mid-trial, then --resume: finished trials stay, the count is reached."""
+    if not REPO_BASELINE.is_file():
+        pytest.fail(f"the committed baseline {REPO_BASELINE} is missing")
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    args = [
+        "search",
+        "studies/smoke.yaml",
+        "--study",
+        "killed",
+        "--storage",
+        storage,
+        "--trials",
+        "4",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    env = dict(os.environ, SQUEEZEFIT_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
+    env.pop("YOLO_CONFIG_DIR", None)
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "search.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.time() + 600
+        finished = []
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(2)
+            if "trial(s) to run" not in (tmp_path / "first.log").read_text():
+                continue  # the study's tables are not created yet: don't race the search to create them
+            trials = optuna.load_study(study_name="killed", storage=storage).get_trials(deepcopy=False)
+            finished = [t for t in trials if t.state.is_finished()]
+            if finished and any(t.state == TrialState.RUNNING for t in trials):
+                break
+        assert proc.poll() is None, (
+            "the search ended before it could be killed mid-trial:\n" + (tmp_path / "first.log").read_text()[-3000:]
+        )
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    kept = {t.number: (t.state, t.values) for t in finished}
+    assert kept
+
+    result = run_cli([*args, "--resume"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = load_study("killed", storage).trials
+    for number, (state, values) in kept.items():
+        assert (trials[number].state, trials[number].values) == (state, values)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == 4
+    assert all(t.state != TrialState.RUNNING for t in trials)

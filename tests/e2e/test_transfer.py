@@ -1,0 +1,253 @@
+"""`squeezefit transfer`: a finished study carried to new devices — new latency, mAP reused or
+re-validated, never fine-tuned — and its search continued warm.
+
+The source is the real smoke pipeline (`squeezefit search studies/smoke.yaml`, 7 trials),
+the session's shared `smoke_study` fixture. To iterate on a machine
+that already has a finished smoke-sized study of the current code, set
+SQUEEZEFIT_TEST_TRANSFER_SOURCE="<sqlite url>#<study>": it is copied, not modified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from evaluators.base import Fingerprint
+from evaluators.paths import squeezefit_home
+from evaluators.registry import available_devices
+from search.cli import main
+from search.front import pareto_front, trials_table
+from search.study import STUDY_ATTR, load_study, study_record
+from search.transfer import map_precisions, target_name
+from spaces.policy import Policy
+
+REUSE_ENV = "SQUEEZEFIT_TEST_TRANSFER_SOURCE"
+DEVICES = ("openvino-cpu", "ort-cpu:2")
+
+
+# --- fast: naming, the precision rule, user errors ---------------------------------------
+
+
+def test_target_name_and_precision_rule():
+    assert target_name("default", "remote:http://h:8765") == "default-on-remote-http---h-8765"
+    policy = Policy(precision={"model.0": "int8", "model.1": "fp16", "model.2": "fp32"})
+    mapped, changes = map_precisions(policy, ("fp32", "fp16"))
+    assert dict(mapped.precision) == {"model.0": "fp32", "model.1": "fp16", "model.2": "fp32"}
+    assert changes == ("precision int8 -> fp32 on 1 unit(s) (not offered)",)
+    same, none = map_precisions(policy, ("int8", "fp16", "fp32"))
+    assert same == policy and none == ()
+
+
+def test_user_errors_are_one_sentence_and_exit_2(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+
+    def fails(*argv: str) -> str:
+        assert main(["transfer", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err
+        return err
+
+    assert "no study named 'nope'" in fails("--study", "nope", "--storage", url, "--device", "ort-cpu")
+    optuna.create_study(study_name="plain", storage=url)
+    assert "not created by squeezefit" in fails("--study", "plain", "--storage", url, "--device", "ort-cpu")
+    empty = optuna.create_study(study_name="empty", storage=url, directions=["maximize", "minimize"])
+    empty.set_user_attr(STUDY_ATTR, {"device": "ort-cpu", "budget_ms": 1.0})
+    assert "unknown device 'tpu-9'" in fails("--study", "empty", "--storage", url, "--device", "tpu-9")
+    unusable = [s.prefix for s in available_devices() if not s.usable and s.prefix != "remote"]
+    if unusable:
+        assert "not usable on this machine" in fails("--study", "empty", "--storage", url, "--device", unusable[0])
+    assert "no complete trial" in fails("--study", "empty", "--storage", url, "--device", "ort-cpu")
+
+
+# --- slow: a real smoke study carried to two devices -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source(smoke_study):
+    """(storage url, study name) of the session's finished smoke study; the targets' outputs removed afterwards."""
+    if reuse := os.environ.get(REUSE_ENV):
+        from_url, _, from_name = reuse.rpartition("#")
+        name = f"xfer-{uuid.uuid4().hex[:8]}"
+        optuna.copy_study(
+            from_study_name=from_name, from_storage=from_url, to_storage=smoke_study.storage, to_study_name=name
+        )
+    else:
+        name = smoke_study.name
+    yield smoke_study.storage, name
+    _remove_outputs(smoke_study.storage, f"{name}-")  # the targets: <source>-on-<device>, <source>-continued
+
+
+def _remove_outputs(url: str, prefix: str) -> None:
+    """Delete the run directories of this module's studies (named `prefix...`), never another study's."""
+    for study in optuna.get_all_study_summaries(url):
+        outdir = Path(study.user_attrs.get(STUDY_ATTR, {}).get("outdir", "/nonexistent"))
+        if study.study_name.startswith(prefix) and outdir.name.startswith(prefix):
+            shutil.rmtree(outdir, ignore_errors=True)
+            shutil.rmtree(squeezefit_home() / "runs" / "ray" / study.study_name, ignore_errors=True)
+    shutil.rmtree(
+        squeezefit_home() / "studies" / "runs" / prefix, ignore_errors=True
+    )  # a search that failed before recording
+    shutil.rmtree(squeezefit_home() / "runs" / "ray" / prefix, ignore_errors=True)
+
+
+def _model_files(root: Path) -> dict:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("model.pt")}
+
+
+@pytest.fixture(scope="module")
+def carried(source):
+    """device -> (JSON report of `squeezefit transfer --json`, the target study), plus the source's weights before."""
+    url, name = source
+    src_outdir = Path(study_record(load_study(name, url))["outdir"])
+    weights_before = _model_files(src_outdir)
+    out = {}
+    for device in DEVICES:
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            assert main(["transfer", "--study", name, "--storage", url, "--device", device, "--json"]) == 0
+        report = json.loads(buffer.getvalue())
+        out[device] = (report, load_study(target_name(name, device), url))
+    return out, (src_outdir, weights_before)
+
+
+def _source_trials(url, name, status="complete"):
+    study = load_study(name, url)
+    return study, [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("status") == status]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_complete_trial_is_carried_with_a_new_latency(source, carried, device):
+    url, name = source
+    src, complete = _source_trials(url, name)
+    report, dst = carried[0][device]
+    src_record, record = study_record(src), study_record(dst)
+    assert record["source_study"] == name and record["device"] == device and record["config"]["device"] == device
+    assert set(src_record) <= set(record), "the target records every key `squeezefit search` records"
+    assert record["outdir"] != src_record["outdir"] and record["pruning_units"] == src_record["pruning_units"]
+    by_source = {t.user_attrs["transferred_from"]: t for t in dst.trials if "transferred_from" in t.user_attrs}
+    assert {t.number for t in complete} <= set(by_source)
+    for s in complete:
+        t = by_source[s.number]
+        a = t.user_attrs
+        assert t.state == TrialState.COMPLETE and a["status"] == "complete"
+        assert Fingerprint.from_dict(a["fingerprint"]).hash != Fingerprint.from_dict(s.user_attrs["fingerprint"]).hash
+        assert a["latency_ms"] > 0 and t.values == [a["map50_95"], a["latency_ms"]]
+        assert t.constraints["latency_budget"] == pytest.approx(a["latency_ms"] - record["budget_ms"])
+        assert a["map_source"] in ("reused", "revalidated") and a["source_map50_95"] == s.user_attrs["map50_95"]
+        assert a["weights"] == s.user_attrs["weights"] and Path(a["artifact"]).is_file()
+        assert Path(a["artifact"]).is_relative_to(record["outdir"])
+        # the sampler sees the parameters the space's define-by-run records for this policy
+        assert t.distributions == s.distributions and t.params.keys() == s.params.keys()
+        for key, value in s.params.items():  # a sampled ratio may carry float noise (0.30000000000000004)
+            assert t.params[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+    assert len(report["trials"]) == len(by_source)
+
+
+def test_no_fine_tuning_ran(carried):
+    reports, (src_outdir, weights_before) = carried
+    for device, (_, dst) in reports.items():
+        outdir = Path(study_record(dst)["outdir"])
+        assert not [p for p in outdir.rglob("*") if p.name in ("train", "model.pt", "best.pt", "last.pt")], device
+        for t in dst.trials:
+            assert "finetune" not in t.user_attrs["seconds"], (device, t.number)
+    assert weights_before and _model_files(src_outdir) == weights_before  # the source's weights are untouched
+
+
+def test_openvino_revalidates_and_ort_with_more_threads_reuses(source, carried):
+    url, name = source
+    _, complete = _source_trials(url, name)
+    source_map = {t.number: t.user_attrs["map50_95"] for t in complete}
+    ov, ort = carried[0]["openvino-cpu"][1], carried[0]["ort-cpu:2"][1]
+    for t in ov.trials:
+        a = t.user_attrs
+        assert a["map_source"] == "revalidated", "another runtime validates again"
+        uses_int8 = "int8" in a["policy"]["precision"].values()
+        assert a["changed"] == uses_int8 and any("INT8 recipe" in c for c in a["changes"]) == uses_int8
+    for t in ort.trials:
+        a = t.user_attrs
+        assert a["map_source"] == "reused" and not a["changed"] and a["changes"] == []
+        if a["transferred_from"] in source_map:
+            assert a["map50_95"] == source_map[a["transferred_from"]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_front_and_its_changes_are_consistent(source, carried, device):
+    url, name = source
+    report, dst = carried[0][device]
+    src_front = [int(n) for n in pareto_front(trials_table(load_study(name, url)))["trial"]]
+    front = pareto_front(trials_table(dst))
+    assert not front.empty and [r["trial"] for r in report["front"]] == [int(n) for n in front["trial"]]
+    origin = {t.number: t.user_attrs["transferred_from"] for t in dst.trials}
+    here = {origin[int(n)] for n in front["trial"]}
+    assert report["source_front"] == src_front
+    assert set(report["lost_from_front"]) == set(src_front) - here
+    assert set(report["gained_on_front"]) == here - set(src_front)
+    rho = report["latency_rank_correlation"]
+    assert rho is None or -1.0 <= rho <= 1.0
+    assert report["seconds"] > 0 and report["source_seconds"] > 0
+
+
+def test_name_taken_by_another_study_is_a_user_error(source, capsys):
+    url, name = source
+    assert main(["transfer", "--study", name, "--storage", url, "--device", "ort-cpu:2", "--name", name]) == 2
+    assert "is not a transfer of" in capsys.readouterr().err
+
+
+def test_resume_adds_nothing_and_prints_the_report(source, carried, capsys):
+    url, name = source
+    dst_name = target_name(name, "ort-cpu:2")
+    before = len(load_study(dst_name, url).trials)
+    assert main(["transfer", "--study", name, "--storage", url, "--device", "ort-cpu:2"]) == 0
+    out = capsys.readouterr().out
+    assert len(load_study(dst_name, url).trials) == before
+    assert "Pareto front on ort-cpu:2" in out and "latency rank correlation" in out and "on the front of ort-cpu" in out
+
+
+def test_continue_runs_more_trials_on_the_warm_study(source):
+    url, name = source
+    dst_name = f"{name}-continued"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert (
+            main(
+                [
+                    "transfer",
+                    "--study",
+                    name,
+                    "--storage",
+                    url,
+                    "--device",
+                    "ort-cpu:2",
+                    "--name",
+                    dst_name,
+                    "--select",
+                    "front+topK",
+                    "--top-k",
+                    "1",
+                    "--continue",
+                    "1",
+                    "--json",
+                ]
+            )
+            == 0
+        )
+    report = json.loads(buffer.getvalue())
+    dst = load_study(dst_name, url)
+    carried_numbers = {t.number for t in dst.trials if "transferred_from" in t.user_attrs}
+    # references the selection left out are enqueued by the search (WAITING until their turn)
+    new = [
+        t for t in dst.trials if t.number not in carried_numbers and t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    ]
+    assert report["continued"] == 1 and len(new) == 1 and new[0].number > max(carried_numbers)
+    assert "transferred_from" not in new[0].user_attrs and "status" in new[0].user_attrs
+    src_front = set(pareto_front(trials_table(load_study(name, url)))["trial"].astype(int))
+    assert src_front <= {t.user_attrs["transferred_from"] for t in dst.trials if t.number in carried_numbers}

@@ -1,0 +1,239 @@
+"""The bench: fronts, 2-D hypervolume, best under a budget, targets and the report on hand-made
+points; one toy-size `squeezefit bench` run end to end."""
+
+import json
+import math
+import random
+
+import numpy as np
+import optuna
+import pytest
+
+from search.bench.points import (
+    FP32,
+    RANDOM,
+    SEARCH,
+    UNIFORM,
+    BenchPoint,
+    BenchResult,
+    best_under,
+    check_targets,
+    front,
+    hypervolume,
+    hypervolume_2d,
+    retained,
+    speedup,
+)
+from search.bench.report import render_report, summary_rows, write_outputs
+from search.bench.run import uniform_policies
+from search.cli import main
+from tests.conftest import REPO, run_cli
+
+SMOKE_BASELINE = REPO / "studies" / "baseline" / "yolo11n-digits.pt"
+
+
+def P(contender, label, map50_95, latency_ms, status="complete"):
+    return BenchPoint(contender, label, map50_95, latency_ms, status)
+
+
+def test_hypervolume_2d_known_areas():
+    assert hypervolume_2d([], (4.0, 0.0)) == 0.0
+    assert hypervolume_2d([(1.0, 0.5)], (3.0, 0.0)) == pytest.approx(1.0)
+    # Two boxes [1,4]x[0,.3] and [2,4]x[0,.6]: 0.9 + 1.2 - 0.6 overlap.
+    two = [(2.0, 0.6), (1.0, 0.3)]
+    assert hypervolume_2d(two, (4.0, 0.0)) == pytest.approx(1.5)
+    # A dominated point, one beyond the reference latency and one at the reference mAP add nothing.
+    assert hypervolume_2d([*two, (3.0, 0.2), (5.0, 0.9), (0.5, 0.0)], (4.0, 0.0)) == pytest.approx(1.5)
+    assert hypervolume_2d(two, (4.0, 0.3)) == pytest.approx(2 * 0.3)  # a reference mAP above 0 shrinks the box
+
+
+def test_hypervolume_2d_matches_optuna():
+    rng = random.Random(0)
+    points = [(rng.uniform(1, 10), rng.uniform(0, 1)) for _ in range(40)]
+    reference = (11.0, 0.0)
+    # Optuna minimises every axis: negate mAP.
+    expected = optuna._hypervolume.compute_hypervolume(
+        np.array([[lat, -m] for lat, m in points]), np.array([11.0, 0.0])
+    )
+    assert hypervolume_2d(points, reference) == pytest.approx(expected)
+
+
+def test_front_and_best_under_budget():
+    points = [
+        P(SEARCH, "a", 0.50, 2.0),
+        P(SEARCH, "b", 0.40, 1.0),
+        P(SEARCH, "dominated", 0.35, 1.5),
+        P(SEARCH, "slow", 0.60, 4.0),
+        P(SEARCH, "pruned", 0.90, 0.5, "pruned"),
+        P(SEARCH, "over", 0.95, 0.7, "infeasible"),
+        P(SEARCH, "tie-slower", 0.50, 2.5),
+    ]
+    assert [p.label for p in front(points)] == ["b", "a", "slow"]
+    assert [p.label for p in front(points, 3.0)] == ["b", "a"]
+    assert best_under(points, 3.0).label == "a"  # tie on mAP: the faster one
+    assert best_under(points, 1.2).label == "b"  # pruned and infeasible points never count
+    assert best_under(points, 0.9) is None
+    assert hypervolume(points, 3.0) == pytest.approx(hypervolume_2d([(1.0, 0.4), (2.0, 0.5)], (3.0, 0.0)))
+    assert speedup(2.0, 8.0) == 4.0 and retained(0.45, 0.5) == pytest.approx(0.9) and retained(0.3, 0.0) == 0.0
+
+
+def _result(search_points, random_points, uniform_points) -> BenchResult:
+    points = (P(FP32, "fp32", 0.50, 10.0), *uniform_points, *search_points, *random_points)
+    return BenchResult(
+        name="bench-test",
+        command="squeezefit bench studies/x.yaml --trials 9",
+        date="2026-01-01 00:00:00",
+        config={"name": "x", "device": "ort-cpu"},
+        sampler="tpe",
+        trials=9,
+        early_stop=True,
+        baseline_latency_ms=10.0,
+        baseline_map=0.50,
+        budget_ms=5.0,
+        fingerprint={
+            "hardware": "Test CPU",
+            "runtime": "onnxruntime",
+            "version": "1",
+            "settings": {"intra_op_threads": 1},
+        },
+        versions={"python": "3.11"},
+        threads={"device": 1, "torch": 1, "cpus": 2},
+        points=points,
+        wall_seconds={FP32: 10.0, UNIFORM: 60.0, SEARCH: 300.0, RANDOM: 240.0},
+        studies={SEARCH: "bench-test-tpe", RANDOM: "bench-test-random"},
+        storage="sqlite:///x.db",
+    )
+
+
+def _winning_result() -> BenchResult:
+    uniform = [
+        P(UNIFORM, "all-int8", 0.50, 7.0),
+        P(UNIFORM, "prune-0.5-int8", 0.44, 4.0),
+        P(UNIFORM, "prune-0.75-int8", 0.30, 2.0),
+    ]
+    search = [
+        P(SEARCH, "trial 7", 0.49, 3.0),
+        P(SEARCH, "trial 8", 0.46, 2.2),
+        P(SEARCH, "trial 9", 0.49, 4.5, "pruned"),
+    ]
+    rand = [
+        P(RANDOM, "trial 7", 0.40, 4.0),
+        P(RANDOM, "prune-0.75-int8", 0.30, 2.0),
+        P(RANDOM, "trial 8", 0.2, 6.0, "infeasible"),
+    ]
+    return _result(search, rand, uniform)
+
+
+def test_targets_pass_and_fail_as_measured():
+    targets = check_targets(_winning_result())
+    assert [t.passed for t in targets] == [True, True, True, True, True], targets
+    assert "98.0%" in targets[0].detail and "trial 7" in targets[0].detail
+    # Search no better than uniform at 0.25·L0 (2.5 ms) and its front no larger than random's.
+    losing = _result(
+        [P(SEARCH, "trial 7", 0.30, 2.0)], [P(RANDOM, "trial 7", 0.30, 2.0)], [P(UNIFORM, "prune-0.75-int8", 0.30, 2.0)]
+    )
+    passed = [t.passed for t in check_targets(losing)]
+    assert passed == [False, False, False, False, False]
+    assert not check_targets(_result([], [], []))[1].passed  # nothing fits: fail, not a crash
+
+
+def test_report_has_the_headline_figures(tmp_path):
+    result = _winning_result()
+    assert BenchResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    text = render_report(result, plot_name="bench.png")
+    hv_search = hypervolume(result.of(SEARCH), 5.0)
+    hv_random = hypervolume(result.of(RANDOM), 5.0)
+    for needle in (
+        "Targets passed: **5/5**",
+        "L0 = 10.000 ms",
+        "M0 = 0.5000",
+        "squeezefit bench studies/x.yaml --trials 9",
+        "Test CPU",
+        "| 0.33·L0 | 3.300 |",
+        "0.4900 (98.0%, trial 7, 3.00 ms)",
+        f"{hv_search:.5f}",
+        f"{hv_random:.5f}",
+        f"{hv_search / hv_random:.2f}x",
+        "| PASS |",
+        "| uniform | prune-0.5-int8 | 4.000 | 2.50x | 0.4400 | 88.0% |",
+        "![",
+    ):
+        assert needle in text, needle
+    rows = summary_rows(result)
+    assert [r["policy"] for r in rows if r["contender"] == "random search"] == ["trial 7"]
+    md, png, raw = write_outputs(result, tmp_path / "report" / "bench.md")
+    assert md.read_text() == text and png.stat().st_size > 10_000
+    assert BenchResult.from_dict(json.loads(raw.read_text())) == result
+
+
+def test_uniform_policies_are_the_searches_references():
+    from spaces.pruning import PruningUnit
+    from spaces.space import SearchSpace
+
+    units = tuple(PruningUnit(f"model.{i}", 64, "backbone", (f"model.{i}.conv",)) for i in (1, 3))
+    space = SearchSpace(
+        pruning_units=units,
+        precision_units=("/model.0/conv/Conv", "/model.1/conv/Conv"),
+        offered=("fp32", "fp16", "int8"),
+    )
+    uniform = uniform_policies(space)
+    refs = space.reference_policies()
+    assert set(uniform) == {
+        "all-int8",
+        "all-fp16",
+        "prune-0.25-int8",
+        "prune-0.5-int8",
+        "prune-0.75-int8",
+        "prune-0.5-int8-no-distill",
+    }
+    for name in set(uniform) & set(refs):
+        assert uniform[name].policy_id == refs[name].policy_id  # same id: the searches reuse the uniform results
+    half, no_kd = uniform["prune-0.5-int8"], uniform["prune-0.5-int8-no-distill"]
+    assert half.distillation.enabled and not no_kd.distillation.enabled
+    assert no_kd.distillation.epochs == half.distillation.epochs == space.max_epochs  # the same fine-tune budget
+    assert (no_kd.pruning, no_kd.precision) == (half.pruning, half.precision)
+
+
+def test_random_sampler_config_is_a_user_error(tmp_path, capsys):
+    config = tmp_path / "random.yaml"
+    config.write_text("name: r\nsampler: random\n")
+    assert main(["bench", str(config), "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(tmp_path / "out")]) == 2
+    assert "random search" in capsys.readouterr().err
+
+
+def test_bench_end_to_end_on_the_smoke_config(tmp_path):
+    if not SMOKE_BASELINE.is_file():
+        pytest.fail(f"the committed smoke baseline {SMOKE_BASELINE} is missing; train it with `squeezefit baseline`")
+    out, report = tmp_path / "out", tmp_path / "results" / "bench.md"
+    args = [
+        "bench",
+        "studies/smoke.yaml",
+        "--trials",
+        "7",
+        "--out",
+        str(out),
+        "--storage",
+        f"sqlite:///{tmp_path}/studies.db",
+        "--report",
+        str(report),
+    ]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    bench = BenchResult.from_dict(json.loads(report.with_suffix(".json").read_text()))
+    assert bench.trials == 7 and bench.early_stop and (out / "latency-cache.sqlite").is_file()  # timed in this run
+    assert bench.baseline_latency_ms > 0 and 0 <= bench.baseline_map <= 1
+    uniform = bench.of(UNIFORM)
+    assert len(uniform) == 6 and all(p.status == "complete" and p.seconds > 0 for p in uniform)
+    assert math.isclose(bench.budget_ms, 0.7 * bench.baseline_latency_ms, rel_tol=1e-6)
+    searched, rand = bench.of(SEARCH), bench.of(RANDOM)
+    assert len(searched) == len(rand) == 7
+    refs = lambda points: {(p.label, p.policy_id) for p in points if not p.label.startswith("trial ")}  # noqa: E731
+    assert refs(searched) == refs(rand) and len(refs(searched)) == 6  # the same enqueued references
+    by_id = {p.policy_id: p for p in uniform}
+    for p in searched:
+        if p.policy_id in by_id and p.status == "complete":  # reused, not re-measured
+            assert (p.map50_95, p.latency_ms) == (by_id[p.policy_id].map50_95, by_id[p.policy_id].latency_ms)
+    text = report.read_text()
+    assert "squeezefit bench studies/smoke.yaml --trials 7" in text and "## Targets" in text and "| 0.25·L0 |" in text
+    assert report.with_suffix(".png").stat().st_size > 10_000
+    assert "PASS" in result.stdout or "FAIL" in result.stdout

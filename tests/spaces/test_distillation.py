@@ -1,0 +1,90 @@
+"""Recovery fine-tune of a pruned student, with and without distillation from the baseline."""
+
+import pytest
+import torch
+
+from evaluators.datasets import subset_data_yaml
+from evaluators.paths import data_dir
+from evaluators.vocabulary import UserError
+from search.embedded.baseline import REPO_BASELINE, BaselineRecord
+from search.embedded.data import DatasetSpec, generate_dataset
+from spaces.distillation import DistillationSettings, finetune
+from spaces.pruning import apply_pruning, pruning_units, uniform_ratios
+
+IMGSZ = 96
+
+
+@pytest.fixture(scope="module")
+def setup():
+    if not REPO_BASELINE.is_file():
+        pytest.fail(f"the committed baseline {REPO_BASELINE} is missing")
+    from ultralytics.nn.tasks import load_checkpoint
+
+    record = BaselineRecord.load(REPO_BASELINE)
+    data_yaml = generate_dataset(data_dir(), DatasetSpec(imgsz=record.imgsz, seed=record.seed))
+    workdir = data_dir() / "test-distillation"
+    data_yaml = subset_data_yaml(subset_data_yaml(data_yaml, "train", 32, workdir), "val", 16, workdir)
+    baseline, _ = load_checkpoint(REPO_BASELINE)
+    pruned = apply_pruning(baseline, uniform_ratios(pruning_units(baseline), 0.25), imgsz=IMGSZ)
+    return data_yaml, pruned
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_finetune_reports_each_epoch(setup, tmp_path, enabled):
+    data_yaml, pruned = setup
+    before = {k: v.clone() for k, v in pruned.model.state_dict().items()}
+    seen = []
+    result = finetune(
+        pruned.model,
+        REPO_BASELINE,
+        DistillationSettings(enabled=enabled, epochs=1),
+        data_yaml,
+        imgsz=IMGSZ,
+        workdir=tmp_path,
+        on_epoch=lambda e, m: seen.append((e, m)),
+    )
+    assert len(result.epoch_maps) == 1 and seen == [(1, result.epoch_maps[0])]
+    assert 0.0 <= result.epoch_maps[0] <= 1.0 and not result.stopped_early
+    assert _params(result.model) == pruned.params  # the student keeps its pruned shape; no projector leaks in
+    assert not result.model.training and result.weights and result.weights.is_file()
+    changed = any(
+        not torch.equal(before[k], v)
+        for k, v in result.model.state_dict().items()
+        if k in before and v.dtype.is_floating_point
+    )
+    assert changed, "fine-tuning did not change the weights"
+    assert all(torch.equal(before[k], v) for k, v in pruned.model.state_dict().items()), (
+        "the input student was modified"
+    )
+
+
+def test_on_epoch_can_stop_training(setup, tmp_path):
+    data_yaml, pruned = setup
+    result = finetune(
+        pruned.model,
+        REPO_BASELINE,
+        DistillationSettings(enabled=False, epochs=3),
+        data_yaml,
+        imgsz=IMGSZ,
+        workdir=tmp_path,
+        on_epoch=lambda e, m: True,
+    )
+    assert result.stopped_early and len(result.epoch_maps) == 1
+
+
+def test_zero_epochs_and_missing_teacher(setup, tmp_path):
+    data_yaml, pruned = setup
+    result = finetune(
+        pruned.model, None, DistillationSettings(enabled=False, epochs=0), data_yaml, imgsz=IMGSZ, workdir=tmp_path
+    )
+    assert result.epoch_maps == () and result.weights is None and _params(result.model) == pruned.params
+    with pytest.raises(UserError, match="teacher"):
+        finetune(
+            pruned.model, tmp_path / "nope.pt", DistillationSettings(epochs=1), data_yaml, imgsz=IMGSZ, workdir=tmp_path
+        )
+    with pytest.raises(UserError):
+        DistillationSettings(epochs=-1)
