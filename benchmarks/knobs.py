@@ -19,21 +19,21 @@ import time
 from datetime import date
 from pathlib import Path
 
-from evaluators.accuracy import measure_accuracy
 from evaluators.environment import ensure_offline
-from evaluators.paths import data_dir
-from evaluators.registry import get_device
-from evaluators.vocabulary import Int8Recipe
-from search.embedded.baseline import REPO_BASELINE, BaselineRecord
-from search.embedded.data import DatasetSpec, generate_dataset
-from search.prepare import calibration_images
-from spaces.onnx_export import export_onnx, precision_units
-from spaces.precision import build_artifact, uniform_precisions
-from spaces.pruning import apply_pruning, pruning_units, uniform_ratios
 
-ensure_offline()
+ensure_offline()  # before anything imports Ultralytics
 
 from ultralytics.nn.tasks import load_checkpoint  # noqa: E402
+
+from evaluators.accuracy import measure_accuracy  # noqa: E402
+from evaluators.paths import data_dir  # noqa: E402
+from evaluators.registry import get_device  # noqa: E402
+from search.embedded.baseline import REPO_BASELINE, BaselineRecord  # noqa: E402
+from search.embedded.data import DatasetSpec, generate_dataset  # noqa: E402
+from search.prepare import calibration_images  # noqa: E402
+from spaces.onnx_export import export_onnx, precision_units  # noqa: E402
+from spaces.precision import build_artifact, uniform_precisions  # noqa: E402
+from spaces.pruning import apply_pruning, pruning_units, uniform_ratios  # noqa: E402
 
 POLICIES = (
     ("fp32", 0.0, "fp32"),
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 imgsz=record.imgsz,
                 names=model.names,
                 calibration_images=calib,
-                recipe=device.int8_recipe or Int8Recipe(),
+                recipe=device.recipe_for(),
             )
             latency = device.measure(artifact.path)
             runtime = "openvino" if device.fingerprint().runtime == "openvino" else "onnxruntime"

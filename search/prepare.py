@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from ultralytics.nn.tasks import load_checkpoint
 
 from evaluators.base import TimingSettings
 from evaluators.datasets import split_images
 from evaluators.paths import data_dir, studies_dir
 from evaluators.registry import get_device
 from evaluators.vocabulary import UserError
+from search.checkpoint import load_baseline
 from search.study import StudyConfig
 from search.trial import TrialContext, build_screen
+from spaces.importance import get_criterion
 from spaces.onnx_export import export_onnx, precision_units
 from spaces.policy import Policy
 from spaces.precision import uniform_precisions
@@ -37,6 +38,25 @@ class Prepared:
     baseline_latency_ms: float
     fastest_latency_ms: float
     fingerprint: dict
+
+    def to_record(self, config: StudyConfig) -> dict:
+        """What a study stores about itself (`search.study.STUDY_ATTR`): all `front`, `export` and `transfer` need."""
+        ctx = self.context
+        return {
+            "config": config.to_dict(),
+            "budget_ms": ctx.budget_ms,
+            "baseline_latency_ms": self.baseline_latency_ms,
+            "fingerprint": self.fingerprint,
+            "checkpoint": ctx.checkpoint,
+            "data_yaml": ctx.data_yaml,
+            "imgsz": ctx.imgsz,
+            "device": ctx.device,
+            "outdir": ctx.outdir,
+            "pruning_units": [u.name for u in ctx.space.pruning_units],
+            "precision_units": list(ctx.space.precision_units),
+            "offered": list(ctx.space.offered),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
 
 
 def resolve_data(config: StudyConfig) -> Path:
@@ -78,24 +98,9 @@ def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def load_baseline(checkpoint: Path):
-    """The detection model in an Ultralytics checkpoint; UserError for a missing, corrupt or non-YOLO file."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise UserError(f"model checkpoint {checkpoint} does not exist; train one with `squeezefit baseline`.")
-    try:
-        model, _ = load_checkpoint(checkpoint)
-    except Exception as exc:  # torch.load raises pickle, zip and attribute errors alike
-        raise UserError(
-            f"model checkpoint {checkpoint} cannot be loaded as an Ultralytics model ({type(exc).__name__})."
-        ) from None
-    if type(model).__name__ != "DetectionModel" or not getattr(model, "names", None):
-        raise UserError(f"model checkpoint {checkpoint} holds a {type(model).__name__}, not a YOLO detection model.")
-    return model
-
-
 def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
     """Resolve everything a study's trials share, with the two reference latencies measured."""
+    get_criterion(config.pruning_importance)  # an unknown name fails before minutes of preparation
     checkpoint = Path(config.model)
     model = load_baseline(checkpoint)
     data_yaml = resolve_data(config)
@@ -126,6 +131,8 @@ def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
         train_images=config.train_images,
         val_images=config.val_images,
         seed=config.seed,
+        pruning_importance=config.pruning_importance,
+        pruning_round_to=config.pruning_round_to,
     )
     fastest_ms = _fastest_latency(context, device, model)
     if fastest_ms > budget:
@@ -153,7 +160,10 @@ def _fastest_latency(ctx: TrialContext, device, model) -> float:
 
 
 def sensitivity_ranges(config: StudyConfig, checkpoint: Path, model) -> dict:
-    """Per-unit pruning ranges from the model's stored sensitivity, when the config asks for them."""
+    """Per-unit pruning ranges from the model's stored sensitivity, when the config asks for them.
+
+    UserError if it is missing, or was measured with another pruning importance or round_to than the study's.
+    """
     if config.sensitivity_max_drop is None:
         return {}
     from spaces.sensitivity import Sensitivity, ratio_ranges_from, sensitivity_path
@@ -163,4 +173,11 @@ def sensitivity_ranges(config: StudyConfig, checkpoint: Path, model) -> dict:
         raise UserError(
             f"the config sets sensitivity_max_drop but {path} does not exist; run `squeezefit sensitivity` first."
         )
-    return ratio_ranges_from(Sensitivity.load(path, model), config.sensitivity_max_drop)
+    measured = Sensitivity.load(path, model)
+    used = (measured.settings.importance, measured.settings.round_to)
+    if used != (config.pruning_importance, config.pruning_round_to):
+        raise UserError(
+            f"{path} was measured with pruning importance {used[0]} and round_to {used[1]}, but the study prunes with "
+            f"{config.pruning_importance} and {config.pruning_round_to}; run `squeezefit sensitivity` again."
+        )
+    return ratio_ranges_from(measured, config.sensitivity_max_drop)

@@ -26,6 +26,8 @@ from spaces.precision import build_artifact
 from spaces.pruning import MAX_RATIO, apply_pruning, pruning_units
 from spaces.sensitivity import DEFAULT_RATIOS, Sensitivity, SensitivitySettings, model_fingerprint
 
+SPLIT = "val"  # every point is validated on the first `max_images` images of this split
+
 
 def analyze_sensitivity(
     model,
@@ -37,7 +39,6 @@ def analyze_sensitivity(
     calibration_images: Sequence[str | Path] = (),
     recipe: Int8Recipe = Int8Recipe(),
     max_images: int | None = 64,
-    split: str = "val",
     units: Iterable[str] | None = None,
     importance: str = "magnitude",
     round_to: int | None = 8,
@@ -47,7 +48,8 @@ def analyze_sensitivity(
 ) -> Sensitivity:
     """Measure the mAP50-95 of `model` with one unit pruned (at each ratio) or INT8 at a time.
 
-    model: a DetectionModel or YOLO (not modified). units: a subset of unit names (default:
+    model: a DetectionModel or YOLO (not modified). importance / round_to: as in
+    `apply_pruning` (a study passes its `pruning_importance` / `pruning_round_to`). units: a subset of unit names (default:
     every pruning unit); a unit is pruned if it is a pruning unit and made INT8 if it is
     also a unit of the exported graph. Blocks without convs (Upsample, Concat) are not
     pruning units and are left out by default. calibration_images: image files for INT8
@@ -71,7 +73,7 @@ def analyze_sensitivity(
 
     def measure(path: Path, keep: bool = False) -> float:
         result = measure_accuracy(
-            path, data_yaml, split=split, imgsz=imgsz, runtime=runtime, max_images=max_images, workdir=workdir
+            path, data_yaml, split=SPLIT, imgsz=imgsz, runtime=runtime, max_images=max_images, workdir=workdir
         )
         if not keep:
             _remove_artifact(path)
@@ -86,7 +88,7 @@ def analyze_sensitivity(
         raise UserError(f"unknown unit(s) {', '.join(unknown)}; this model's units are {', '.join(prunable)}.")
     base_map = measure(base_path, keep=True)
     if progress:
-        print(f"sensitivity: base FP32 mAP50-95 {base_map:.4f} on {max_images or 'all'} {split} images", flush=True)
+        print(f"sensitivity: base FP32 mAP50-95 {base_map:.4f} on {max_images or 'all'} {SPLIT} images", flush=True)
 
     pruned_maps: dict[str, dict[float, float]] = {}
     int8_maps: dict[str, float] = {}
@@ -120,7 +122,7 @@ def analyze_sensitivity(
         ratios=ratios,
         int8=bool(int8),
         max_images=max_images,
-        split=split,
+        split=SPLIT,
         calibration_images=len(calibration_images) if int8 else 0,
         recipe=recipe,
         importance=importance,

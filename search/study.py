@@ -1,6 +1,7 @@
 """StudyConfig: what a study searches, on which device, under which budget; YAML in, validated.
 
-Every field can also be given as a CLI flag, and a flag overrides the file. Paths are
+Every field can be set in the study file; the most used can also be given as flags of
+`squeezefit search` (see its --help), and a flag overrides the file. Paths are
 relative to the current directory, as in Ultralytics. `data: embedded` means the
 generated digits data set at the baseline's image size and seed.
 """
@@ -14,9 +15,10 @@ import yaml
 
 from evaluators.paths import studies_dir
 from evaluators.vocabulary import UserError
+from search.samplers import SAMPLERS
 
-OBJECTIVES = ("map50_95", "latency_ms", "size_mb")
-SAMPLERS = ("tpe", "nsga2", "random")
+# Objective -> its Optuna direction.
+OBJECTIVES = {"map50_95": "maximize", "latency_ms": "minimize", "size_mb": "minimize"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class StudyConfig:
     first N images of each split (None: all), the study's fidelity knobs.
     sensitivity_max_drop: narrow each unit's pruning range to the ratios whose untuned mAP
     drop stayed within this (from `squeezefit sensitivity`, stored next to the model).
+    pruning_importance: how a pruned unit's channels are ranked, the name of a criterion in
+    `spaces.importance.CRITERIA` (magnitude, lamp, taylor; checked by `search.prepare`, which
+    imports the spaces); pruning_round_to: every channel group keeps a multiple of this
+    many channels (None: any count). Both apply to the trials and to `squeezefit sensitivity`.
     """
 
     name: str = "default"
@@ -50,6 +56,8 @@ class StudyConfig:
     concurrency: int = 1
     storage: str | None = None
     seed: int = 0
+    pruning_importance: str = "magnitude"
+    pruning_round_to: int | None = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -70,6 +78,8 @@ class StudyConfig:
             problems.append("trials and concurrency must be at least 1 and finetune_epochs at least 0")
         if not 32 <= self.imgsz <= 2048 or self.imgsz % 32:
             problems.append(f"imgsz must be a multiple of 32 between 32 and 2048, got {self.imgsz}")
+        if self.pruning_round_to is not None and self.pruning_round_to < 1:
+            problems.append(f"pruning_round_to must be a positive channel count or null, got {self.pruning_round_to}")
         if problems:
             raise UserError(f"invalid study config: {problems[0]}.")
 
@@ -114,7 +124,7 @@ class StudyConfig:
 
 # --- storage: one Optuna study per squeezefit study ----------------------------------------
 
-STUDY_ATTR = "squeezefit"  # study user attr holding what later commands need (see `StudyRecord`)
+STUDY_ATTR = "squeezefit"  # study user attr holding what later commands need (`Prepared.to_record`)
 
 
 def open_storage(url: str):
@@ -127,6 +137,27 @@ def open_storage(url: str):
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # a malformed URL or unreachable database is the user's input
         raise UserError(f"cannot open the study storage {url!r} ({type(exc).__name__}).") from None
+
+
+def study_exists(name: str, storage_url: str) -> bool:
+    """Whether the storage at `storage_url` holds a study named `name`."""
+    import optuna
+
+    return name in {s.study_name for s in optuna.get_all_study_summaries(open_storage(storage_url))}
+
+
+def create_study(name: str, storage_url: str, objectives, record: dict):
+    """A new Optuna study `name` with one direction per objective (see OBJECTIVES) and `record` as its STUDY_ATTR.
+
+    Raises Optuna's DuplicatedStudyError if the name is taken: callers check `study_exists` first.
+    """
+    import optuna
+
+    study = optuna.create_study(
+        study_name=name, storage=open_storage(storage_url), directions=[OBJECTIVES[o] for o in objectives]
+    )
+    study.set_user_attr(STUDY_ATTR, record)
+    return study
 
 
 def load_study(name: str, storage_url: str):

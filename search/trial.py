@@ -7,33 +7,37 @@ mAP of that untuned artifact, so the sampler still learns something true about i
 Survivors are fine-tuned with their distillation settings, re-built with the full
 calibration set, and scored on the artifact that would be deployed.
 
-Every trial writes into `<outdir>/<policy_id>/`; a `result.json` there means the policy
-was already evaluated in this study and is reused, not recomputed.
+`remeasure_policy` is the same flow for a trial another device already scored (a
+transfer): nothing is fine-tuned; the artifact is copied, or re-built from the trial's
+weights by the same builders, and timed (and where its mAP can differ, validated) here.
+
+Every trial writes into `<outdir>/<policy_id>/`; a `result.json` there (written atomically)
+means the policy was already evaluated in this study and is reused, not recomputed.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from ultralytics.nn.tasks import load_checkpoint
 
 from evaluators.accuracy import measure_accuracy
 from evaluators.base import TimingSettings
 from evaluators.datasets import subset_data_yaml
 from evaluators.registry import get_device
 from evaluators.vocabulary import Int8Recipe
+from search.checkpoint import load_baseline
+from search.trial_result import Stopwatch, TrialResult, save_result, size_mb
 from spaces.distillation import finetune
 from spaces.policy import Policy
 from spaces.precision import build_artifact
 from spaces.pruning import apply_pruning
 from spaces.space import SearchSpace
 
-STATUSES = ("complete", "infeasible", "pruned")
 # Latency does not depend on the calibration: the screen artifact calibrates on a few images.
 _SCREEN_CALIBRATION = 8
 
@@ -43,7 +47,9 @@ class TrialContext:
     """Everything a trial needs besides its policy; picklable, sent to Ray workers.
 
     budget_ms: the latency budget (p50) on `device`. train_images / val_images: fidelity
-    knobs (first N images of each split); None = the whole split.
+    knobs (first N images of each split); None = the whole split. pruning_importance /
+    pruning_round_to: how `spaces.pruning.apply_pruning` ranks a unit's channels (a
+    criterion's name) and rounds the count it keeps (a multiple of it; None: any count).
     """
 
     checkpoint: str
@@ -58,37 +64,8 @@ class TrialContext:
     train_images: int | None = None
     val_images: int | None = None
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """What one trial measured. Latency in ms (p50 / p90 of the device), size in MB."""
-
-    status: str
-    policy_id: str
-    policy: dict
-    map50_95: float
-    map50: float
-    latency_ms: float
-    latency_p90_ms: float
-    size_mb: float
-    macs: int
-    params: int
-    fingerprint: dict
-    reason: str = ""
-    epoch_maps: tuple[float, ...] = ()
-    artifact: str = ""
-    weights: str = ""
-    seconds: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["epoch_maps"] = list(self.epoch_maps)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrialResult:
-        return cls(**{**data, "epoch_maps": tuple(data.get("epoch_maps", ()))})
+    pruning_importance: str = "magnitude"
+    pruning_round_to: int | None = 8
 
 
 def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Path, baseline=None):
@@ -97,8 +74,10 @@ def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Pa
     baseline: the loaded checkpoint model, when the caller has it (else it is loaded from `ctx.checkpoint`).
     """
     if baseline is None:
-        baseline, _ = load_checkpoint(ctx.checkpoint)
-    pruned = apply_pruning(baseline, policy.pruning, imgsz=ctx.imgsz)
+        baseline = load_baseline(ctx.checkpoint)
+    pruned = apply_pruning(
+        baseline, policy.pruning, imgsz=ctx.imgsz, importance=ctx.pruning_importance, round_to=ctx.pruning_round_to
+    )
     screen = build_artifact(
         pruned.model,
         policy.precision,
@@ -109,6 +88,20 @@ def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Pa
         recipe=recipe,
     )
     return pruned, baseline.names, screen
+
+
+def build_deployed(model, policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Path) -> Path:
+    """Write the artifact that is deployed for a fine-tuned `model` (with its `names`), calibrated on every image."""
+    artifact = build_artifact(
+        model,
+        policy.precision,
+        path,
+        imgsz=ctx.imgsz,
+        names=model.names,
+        calibration_images=list(ctx.calibration_images),
+        recipe=recipe,
+    )
+    return artifact.path
 
 
 def evaluate_policy(
@@ -124,53 +117,36 @@ def evaluate_policy(
     if done.is_file():
         return TrialResult.from_dict(json.loads(done.read_text()))
     out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = round(now - clock, 2)
-        clock = now
-
+    watch = Stopwatch()
     device = get_device(ctx.device)
     recipe = device.recipe_for(policy.recipe)
-    runtime = device.accuracy_runtime
     pruned, names, screen = build_screen(policy, ctx, recipe, out / "screen.onnx")
-    lap("screen")
-    calib = list(ctx.calibration_images)
+    watch.lap("screen")
     latency = device.measure(screen.path, settings=ctx.timing)
-    lap("latency")
-
-    def accuracy(path: Path):
-        return measure_accuracy(
-            path, Path(ctx.data_yaml), imgsz=ctx.imgsz, runtime=runtime, max_images=ctx.val_images, workdir=out
-        )
-
+    watch.lap("latency")
     common = dict(
         policy_id=policy.policy_id,
         policy=policy.to_dict(),
-        latency_ms=latency.p50_ms,
-        latency_p90_ms=latency.p90_ms,
         macs=pruned.macs,
         params=pruned.params,
         fingerprint=device.fingerprint().to_dict(),
+        seconds=watch.seconds,  # later laps land here too
     )
+    screened = dict(latency_ms=latency.p50_ms, latency_p90_ms=latency.p90_ms, size_mb=size_mb(screen.path))
     if latency.p50_ms > ctx.budget_ms:
-        acc = accuracy(screen.path)
-        lap("validate")
-        reason = f"p50 {latency.p50_ms:.2f} ms is over the {ctx.budget_ms:.2f} ms budget; no fine-tuning spent"
+        acc = _validate(screen.path, ctx, device.accuracy_runtime, out)
+        watch.lap("validate")
+        reason = f"{_over_budget(latency.p50_ms, ctx.budget_ms)}; no fine-tuning spent"
         result = TrialResult(
-            "infeasible",
+            status="infeasible",
+            **common,
+            **screened,
             map50_95=acc.map50_95,
             map50=acc.map50,
-            size_mb=_mb(screen.path),
             reason=reason,
             artifact=str(screen.path),
-            seconds=seconds,
-            **common,
         )
-        return _save(result, done)
+        return save_result(result, done)
 
     def on_epoch(epoch: int, value: float) -> bool:
         return bool(should_stop and should_stop(epoch, value, latency.p50_ms))
@@ -187,60 +163,119 @@ def evaluate_policy(
         workdir=out,
         on_epoch=on_epoch,
     )
-    lap("finetune")
+    watch.lap("finetune")
     if tuned.stopped_early:
         reason = f"stopped after epoch {len(tuned.epoch_maps)}: val mAP50-95 {tuned.epoch_maps[-1]:.4f} cannot reach the front"
-        result = TrialResult(
-            "pruned",
-            map50_95=tuned.epoch_maps[-1],
-            map50=0.0,
-            size_mb=_mb(screen.path),
-            reason=reason,
-            epoch_maps=tuned.epoch_maps,
-            artifact=str(screen.path),
-            seconds=seconds,
-            **common,
-        )
-        return _save(result, done)
+        stopped = dict(map50_95=tuned.epoch_maps[-1], map50=0.0, epoch_maps=tuned.epoch_maps, artifact=str(screen.path))
+        return save_result(TrialResult(status="pruned", **common, **screened, **stopped, reason=reason), done)
 
     weights = out / "model.pt"
     tuned.model.names = names
     torch.save(tuned.model, weights)
-    artifact = build_artifact(
-        tuned.model,
-        policy.precision,
-        out / "model.onnx",
-        imgsz=ctx.imgsz,
-        names=names,
-        calibration_images=calib,
-        recipe=recipe,
-    )
-    final_latency = device.measure(
-        artifact.path, settings=ctx.timing
-    )  # same structure: a cache hit, checked rather than assumed
-    lap("artifact")
-    acc = accuracy(artifact.path)
-    lap("validate")
+    artifact = build_deployed(tuned.model, policy, ctx, recipe, out / "model.onnx")
+    final = device.measure(artifact, settings=ctx.timing)  # same structure: a cache hit, checked rather than assumed
+    watch.lap("artifact")
+    acc = _validate(artifact, ctx, device.accuracy_runtime, out)
+    watch.lap("validate")
     result = TrialResult(
-        "complete",
+        status="complete",
+        **common,
+        latency_ms=final.p50_ms,
+        latency_p90_ms=final.p90_ms,
+        size_mb=size_mb(artifact),
         map50_95=acc.map50_95,
         map50=acc.map50,
-        size_mb=_mb(artifact.path),
         epoch_maps=tuned.epoch_maps,
-        artifact=str(artifact.path),
+        artifact=str(artifact),
         weights=str(weights),
-        seconds=seconds,
-        **{**common, "latency_ms": final_latency.p50_ms, "latency_p90_ms": final_latency.p90_ms},
     )
-    return _save(result, done)
+    return save_result(result, done)
 
 
-def _mb(path: Path) -> float:
-    return round(Path(path).stat().st_size / 1e6, 3)
+@dataclass(frozen=True)
+class Remeasured:
+    """What `remeasure_policy` found: the trial measured here, or None and why it was left
+    out; map_reused: its mAP is the source's, not validated again."""
+
+    result: TrialResult | None
+    map_reused: bool = False
+    left_out: str = ""
 
 
-def _save(result: TrialResult, path: Path) -> TrialResult:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=1))
-    tmp.replace(path)  # atomic: a killed trial never leaves a half-written result
-    return result
+def remeasure_policy(
+    source: TrialResult,
+    policy: Policy,
+    ctx: TrialContext,
+    *,
+    folder: str,
+    rebuild: bool,
+    source_runtime: str,
+    origin: str,
+) -> Remeasured:
+    """Measure on `ctx.device` a trial another device scored, fine-tuning nothing.
+
+    source: the trial as its device recorded it, "complete" (`source.weights` holds its
+    fine-tuned model) or "infeasible" (untuned, over the source's budget). policy: what is
+    deployed here. The artifact is `source.artifact`, copied, unless `rebuild` or the file
+    is gone; then it is built as `evaluate_policy` builds it, from the weights or (untuned)
+    as the screen. Latency is timed here. mAP is the source's when the artifact is the
+    copied file and `source_runtime` is this device's accuracy runtime, else it is
+    validated here on `ctx.val_images` images. An untuned trial that fits `ctx.budget_ms`
+    here is left out, nothing written: its untuned mAP would mislead the sampler. Otherwise
+    the result ("<origin>; no fine-tuning spent") is saved to `<ctx.outdir>/<folder>/result.json`.
+    """
+    out = Path(ctx.outdir) / folder
+    out.mkdir(parents=True, exist_ok=True)
+    watch = Stopwatch()
+    device = get_device(ctx.device)
+    recipe = device.recipe_for(policy.recipe)
+    complete = source.status == "complete"
+    path = out / ("model.onnx" if complete else "screen.onnx")
+    copied = not rebuild and Path(source.artifact).is_file()
+    if copied:
+        shutil.copyfile(source.artifact, path)
+    elif complete:
+        build_deployed(torch.load(source.weights, map_location="cpu", weights_only=False), policy, ctx, recipe, path)
+    else:
+        build_screen(policy, ctx, recipe, path)
+    watch.lap("artifact")
+    latency = device.measure(path, settings=ctx.timing)
+    watch.lap("latency")
+    if not complete and latency.p50_ms <= ctx.budget_ms:
+        fits = f"untuned, and it fits the budget on {ctx.device} ({latency.p50_ms:.2f} ms): left to the search to fine-tune"
+        return Remeasured(None, left_out=fits)
+    reused = copied and source_runtime == device.accuracy_runtime
+    acc = source if reused else _validate(path, ctx, device.accuracy_runtime, out)
+    if not reused:
+        watch.lap("validate")
+    reason = f"{origin}; no fine-tuning spent"
+    result = TrialResult(
+        status=source.status,
+        policy_id=policy.policy_id,
+        policy=policy.to_dict(),
+        map50_95=acc.map50_95,
+        map50=acc.map50,
+        latency_ms=latency.p50_ms,
+        latency_p90_ms=latency.p90_ms,
+        size_mb=size_mb(path),
+        macs=source.macs,
+        params=source.params,
+        fingerprint=device.fingerprint().to_dict(),
+        reason=reason if complete else f"{_over_budget(latency.p50_ms, ctx.budget_ms)}; {reason}",
+        epoch_maps=source.epoch_maps,
+        artifact=str(path),
+        weights=source.weights if complete else "",
+        seconds=watch.seconds,
+    )
+    return Remeasured(save_result(result, out / "result.json"), map_reused=reused)
+
+
+def _validate(path: Path, ctx: TrialContext, runtime: str, workdir: Path):
+    """mAP of the artifact at `path` on `runtime`, on the first `ctx.val_images` images of the val split."""
+    return measure_accuracy(
+        path, Path(ctx.data_yaml), imgsz=ctx.imgsz, runtime=runtime, max_images=ctx.val_images, workdir=workdir
+    )
+
+
+def _over_budget(latency_ms: float, budget_ms: float) -> str:
+    return f"p50 {latency_ms:.2f} ms is over the {budget_ms:.2f} ms budget"

@@ -12,6 +12,8 @@ mosaic (short runs on the real image distribution), and AdamW with a small learn
 After every epoch the student's mAP50-95 on the validation split (PyTorch, not the
 artifact) goes to `on_epoch`; returning True stops training there, which is how a search
 gives up on a trial that cannot reach the front. Raising from `on_epoch` propagates.
+
+The search parameters of the knob are declared here too (`distillation_params`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
 from evaluators.vocabulary import UserError
+from spaces.params import Categorical, Condition, FloatRange, IntRange, Param
 
 # Arguments every Ultralytics training of squeezefit passes: no AMP check (it would
 # download yolo11n.pt), no plots (they fetch a font), deterministic, quiet.
@@ -80,22 +83,63 @@ class _GivenModelTrainer(DetectionTrainer):
         return self.given_model  # `model` in the args is only a name; nothing is built from it
 
 
-def suggest_distillation(trial, *, max_epochs: int, teachers: Sequence[str | None] = (None,)) -> DistillationSettings:
-    """Sample distillation settings with Optuna define-by-run (parameter names `distill.*`).
+def distillation_params(max_epochs: int, teachers: Sequence[str | None] = (None,)) -> tuple[Param, ...]:
+    """The declared search parameters of the fine-tune, in the order a trial asks for them.
 
-    `distill.epochs` is in [0, max_epochs]; 0 means no fine-tune at all (and no other
-    `distill.*` parameter is asked), which is right for an unpruned policy.
+    `distill.epochs` in [0, max_epochs], asked only when max_epochs > 0; 0 means no fine-tune
+    (right for an unpruned policy), and then nothing else is asked and the settings are
+    `DistillationSettings(enabled=False, epochs=0)`. Then `distill.enabled`; `distill.weight`
+    (log-uniform in WEIGHT_RANGE) when enabled; `distill.teacher` when enabled and there is
+    more than one teacher (else the first); `distill.lr0` (log-uniform in LR_RANGE).
+    Each parameter is named after the `DistillationSettings` field it sets.
     """
-    epochs = trial.suggest_int("distill.epochs", 0, max_epochs)
-    if epochs == 0:
-        return DistillationSettings(enabled=False, epochs=0)
-    enabled = trial.suggest_categorical("distill.enabled", [True, False])
-    weight = trial.suggest_float("distill.weight", *WEIGHT_RANGE, log=True) if enabled else 6.0
-    teacher = (
-        trial.suggest_categorical("distill.teacher", list(teachers)) if enabled and len(teachers) > 1 else teachers[0]
+    d = DistillationSettings()
+
+    def fine_tunes(otherwise) -> Condition:
+        return Condition("distill.epochs > 0", lambda epochs: epochs > 0, ("distill.epochs",), otherwise)
+
+    def enabled(otherwise) -> Condition:
+        return Condition("distill.enabled", lambda on: on, ("distill.enabled",), otherwise)
+
+    return (
+        Param(
+            "distill.epochs",
+            int,
+            d.epochs,
+            IntRange(0, max_epochs),
+            (Condition("max_epochs > 0", lambda: max_epochs > 0, (), 0),),
+            "fine-tune epochs",
+        ),
+        Param("distill.enabled", bool, d.enabled, Categorical((True, False)), (fine_tunes(False),), "distil"),
+        Param(
+            "distill.weight",
+            float,
+            d.weight,
+            FloatRange(*WEIGHT_RANGE, log=True),
+            (fine_tunes(d.weight), enabled(d.weight)),
+            "distillation loss weight (Ultralytics `dis`)",
+        ),
+        Param(
+            "distill.teacher",
+            str | None,
+            d.teacher,
+            Categorical(tuple(teachers)),
+            (
+                fine_tunes(d.teacher),
+                enabled(teachers[0]),
+                Condition("more than one teacher", lambda: len(teachers) > 1, (), teachers[0]),
+            ),
+            "teacher checkpoint (None: the study's baseline)",
+        ),
+        Param(
+            "distill.lr0",
+            float,
+            d.lr0,
+            FloatRange(*LR_RANGE, log=True),
+            (fine_tunes(d.lr0),),
+            "AdamW initial learning rate",
+        ),
     )
-    lr0 = trial.suggest_float("distill.lr0", *LR_RANGE, log=True)
-    return DistillationSettings(enabled=enabled, weight=weight, epochs=epochs, lr0=lr0, teacher=teacher)
 
 
 def finetune(

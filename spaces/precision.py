@@ -5,12 +5,11 @@ says, per unit, "int8", "fp16" or "fp32"; `build_artifact` turns a (pruned or no
 `DetectionModel` and a map into ONE ONNX file:
 
 1. FP32 export with module-path node names and Ultralytics metadata (`spaces.onnx_export`);
-2. INT8 for the int8 units, expressed in the graph as the device's `Int8Recipe` asks:
-   ONNX Runtime's `quant_pre_process` + `quantize_static` (Q/DQ or QOperator, per-channel
-   weights, calibrated on letterboxed images), or NNCF with every non-INT8 node in its
-   ignored scope;
+2. INT8 for the int8 units, by the quantizer the device's `Int8Recipe` names
+   (`spaces.quantizers`: ONNX Runtime's static quantizer, or NNCF), calibrated on
+   letterboxed images;
 3. FP16 for the fp16 units' nodes, the graph's inputs and outputs kept FP32, one Cast per
-   tensor that crosses a border (see `_to_fp16` for why not ORT's block-list converter).
+   tensor that crosses a border (`spaces.fp16`).
 
 INT8 and FP16 mix in one graph: quantization runs first, then FP16 converts only the
 fp16 units' original nodes; Q/DQ pairs, QOperator nodes and int8 weights are left alone.
@@ -19,11 +18,13 @@ its DFL and its box decoding stay out of INT8, because one scale over box pixels
 scores rounds small scores to zero; `keep_head_float=False` quantizes them too. Nodes are
 selected by name, never by op type (SiLU exports as Sigmoid + Mul, so excluding the op type
 Sigmoid would unquantize every activation).
+
+The search parameters of the knob are declared here too (`precision_params`): one
+categorical `precision.<unit>` per unit over the precisions the device offers.
 """
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from collections import Counter
@@ -31,13 +32,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
 from evaluators.vocabulary import PRECISIONS, Int8Recipe, UserError
+from spaces.fp16 import to_fp16
 from spaces.onnx_export import (
-    INPUT_NAME,
     detection_model,
     export_onnx,
     load,
@@ -48,14 +48,21 @@ from spaces.onnx_export import (
     set_metadata,
     unit_of,
 )
+from spaces.params import Categorical, Param
+from spaces.quantizers import get_quantizer
 
 # --- the knob and its range -------------------------------------------------------------
 
 
-def suggest_precisions(trial, units: Sequence[str], offered: Sequence[str]) -> dict[str, str]:
-    """Sample one precision per unit from `offered` (define-by-run, parameters `precision.<unit>`)."""
-    choices = _offered(offered)
-    return {unit: trial.suggest_categorical(f"precision.{unit}", choices) for unit in units}
+def precision_params(units: Sequence[str], offered: Sequence[str]) -> tuple[Param, ...]:
+    """The declared search parameters of precision: one `precision.<unit>` per unit, in unit order.
+
+    Each is a categorical over `offered` (repeats dropped), asked also when only one precision
+    is offered; default "fp32" (a unit a policy does not name runs in FP32). UserError unless
+    `offered` is a non-empty subset of PRECISIONS.
+    """
+    search = Categorical(tuple(_offered(offered)))
+    return tuple(Param(f"precision.{unit}", str, "fp32", search, description=f"precision of {unit}") for unit in units)
 
 
 def uniform_precisions(units: Sequence[str], precision: str) -> dict[str, str]:
@@ -146,12 +153,9 @@ def build_artifact(
         fp16 = {n for u, p in per_unit.items() if p == "fp16" for n in units[u]}
         if int8:
             calib = preprocess_images(calibration_images, imgsz, stride=int(props["stride"]))
-            if recipe.quantizer == "nncf":
-                graph = _quantize_nncf(graph, int8, calib, recipe)
-            else:
-                graph = _quantize_ort(fp32, Path(tmp), int8, calib, recipe)
+            graph = get_quantizer(recipe.quantizer)(fp32, int8, calib, recipe, Path(tmp))
         if fp16:
-            graph = _to_fp16(graph, fp16)
+            graph = to_fp16(graph, fp16)
         set_metadata(graph, props)  # quantizers and converters drop metadata_props
         out.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(graph, str(out))
@@ -204,136 +208,6 @@ def _float_head_nodes(model, graph: onnx.ModelProto) -> set[str]:
         if inside(path, finals) or not inside(path, branches):
             keep.add(node.name)
     return keep
-
-
-class _Calibration:
-    """ONNX Runtime's CalibrationDataReader over preprocessed images, one image per batch."""
-
-    def __init__(self, images: np.ndarray):
-        self._images = images
-        self._i = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._i >= len(self._images):
-            return None
-        self._i += 1
-        return {INPUT_NAME: self._images[self._i - 1 : self._i]}
-
-    def rewind(self) -> None:
-        self._i = 0
-
-
-def _quantize_ort(fp32: Path, tmp: Path, nodes: list[str], calib: np.ndarray, recipe: Int8Recipe) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared, quantized = tmp / "prepared.onnx", tmp / "int8.onnx"
-    quant_pre_process(str(fp32), str(prepared))
-    kinds = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    quantize_static(
-        str(prepared),
-        str(quantized),
-        _Calibration(calib),
-        quant_format=QuantFormat.QDQ if recipe.fmt == "qdq" else QuantFormat.QOperator,
-        per_channel=recipe.per_channel,
-        activation_type=kinds[recipe.activations],
-        weight_type=kinds[recipe.weights],
-        nodes_to_quantize=nodes,
-        calibrate_method={
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[recipe.calibration],
-        extra_options={
-            "ActivationSymmetric": recipe.symmetric_activations,
-            "WeightSymmetric": recipe.symmetric_weights,
-        },
-    )
-    return onnx.load(str(quantized))
-
-
-def _quantize_nncf(graph: onnx.ModelProto, nodes: list[str], calib: np.ndarray, recipe: Int8Recipe) -> onnx.ModelProto:
-    import nncf
-
-    nncf.set_log_level(logging.ERROR)  # otherwise one INFO line per ignored node
-
-    wanted = set(nodes)
-    ignored = [n.name for n in graph.graph.node if n.name not in wanted]
-    preset = nncf.QuantizationPreset.PERFORMANCE if recipe.symmetric_activations else nncf.QuantizationPreset.MIXED
-    return nncf.quantize(
-        graph,
-        nncf.Dataset([{INPUT_NAME: calib[i : i + 1]} for i in range(len(calib))]),
-        preset=preset,
-        subset_size=len(calib),
-        ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
-    )
-
-
-def _to_fp16(model: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
-    """Run `nodes` in FP16 and everything else as it is, with one Cast per crossing tensor.
-
-    `convert_float_to_float16(keep_io_types=True, node_block_list=...)` handles a graph that is
-    FP16 all through, but with a block list it wraps every blocked node in a Cast pair and, when
-    a tensor feeds two blocked nodes, emits two Casts of the same name (615 Casts and an invalid
-    model on YOLO11n). So the border is drawn here, with ORT's tensor conversion (clamped to the
-    FP16 range) and its list of inputs that must stay FP32 (Resize scales).
-    """
-    from onnxruntime.transformers.float16 import ALWAYS_FLOAT_INPUTS, convert_tensor_float_to_float16
-
-    FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
-    graph = model.graph
-    typed = onnx.shape_inference.infer_shapes(model).graph
-    dtype = {v.name: v.type.tensor_type.elem_type for v in [*typed.value_info, *typed.input, *typed.output]}
-    dtype.update({t.name: t.data_type for t in graph.initializer})
-
-    def stays_float(node: onnx.NodeProto, i: int) -> bool:
-        return node.name not in nodes or i in ALWAYS_FLOAT_INPUTS.get(node.op_type, ())
-
-    users: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in graph.node:
-        for i, x in enumerate(node.input):
-            users.setdefault(x, []).append((node, i))
-    half = set()
-    for init in graph.initializer:  # weights used only by FP16 nodes become FP16
-        if init.data_type == FLOAT and all(not stays_float(n, i) for n, i in users.get(init.name, [])):
-            init.CopyFrom(convert_tensor_float_to_float16(init))
-            half.add(init.name)
-    for node in graph.node:
-        if node.name not in nodes:
-            continue
-        half.update(y for y in node.output if dtype.get(y) == FLOAT)
-        for attr in node.attribute:
-            if node.op_type == "Cast" and attr.name == "to" and attr.i == FLOAT:
-                attr.i = HALF
-            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == FLOAT:
-                attr.t.CopyFrom(convert_tensor_float_to_float16(attr.t))
-
-    outputs = {o.name for o in graph.output}
-    casts: dict[str, onnx.NodeProto] = {}
-    rewired: list[onnx.NodeProto] = []
-
-    def cast(x: str, to: int) -> str:
-        y = f"{x}_{'fp16' if to == HALF else 'fp32'}"
-        if y not in casts:
-            casts[y] = onnx.helper.make_node("Cast", [x], [y], name=f"{y}_cast", to=to)
-            rewired.append(casts[y])
-        return y
-
-    for node in list(graph.node):
-        for i, x in enumerate(node.input):
-            if x in half and stays_float(node, i):
-                node.input[i] = cast(x, FLOAT)
-            elif x not in half and dtype.get(x) == FLOAT and not stays_float(node, i):
-                node.input[i] = cast(x, HALF)
-        rewired.append(node)
-        for j, y in enumerate(node.output):
-            if y in half and y in outputs:  # the graph's outputs stay FP32
-                node.output[j] = f"{y}_fp16"
-                rewired.append(onnx.helper.make_node("Cast", [node.output[j]], [y], name=f"{y}_cast", to=FLOAT))
-    del graph.node[:]
-    graph.node.extend(rewired)
-    del graph.value_info[:]  # stale types; ONNX Runtime infers them again
-    return model
 
 
 def count_nodes(graph_or_path: onnx.ModelProto | str | Path) -> NodeCounts:

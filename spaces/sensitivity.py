@@ -8,8 +8,7 @@ module holds the result and what the search space derives from it.
 
 A result is stored with the model it describes (`sensitivity_path(checkpoint)`) and
 carries the model's fingerprint (a hash of its weights), so a stale file is detected.
-The search uses it in two ways: `ratio_ranges_from` narrows each unit's pruning range, and
-`int8_sensitive_units` names the units that should stay in float.
+The search uses it through `ratio_ranges_from`, which narrows each unit's pruning range.
 
 With few images the mAP is noisy (a drop of 0.005 on 64 images is within noise), so
 thresholds much below that mean little.
@@ -26,9 +25,10 @@ from pathlib import Path
 
 from evaluators.vocabulary import Int8Recipe, UserError
 from spaces.onnx_export import detection_model
-from spaces.pruning import MAX_RATIO
+from spaces.pruning import MAX_RATIO, RATIO_RANGE, REFERENCE_RATIOS
 
-DEFAULT_RATIOS = (0.25, 0.5, 0.75)
+DEFAULT_RATIOS = REFERENCE_RATIOS
+"""Ratios measured per unit unless asked otherwise: those the reference policies prune at."""
 MIN_HIGH = 0.1
 """`ratio_ranges_from` never narrows a unit's upper ratio below this: every unit stays searchable."""
 _TOLERANCE = 1e-9  # a drop of exactly max_drop passes, whatever the float subtraction rounds to
@@ -181,12 +181,12 @@ def ratio_ranges_from(
     sensitivity: Sensitivity,
     max_drop: float = 0.02,
     *,
-    low: float = 0.0,
-    high: float = 0.75,
-    step: float | None = 0.05,
+    low: float = RATIO_RANGE[0],
+    high: float = RATIO_RANGE[1],
+    step: float | None = RATIO_RANGE[2],
     min_high: float = MIN_HIGH,
 ) -> dict[str, tuple[float, float, float | None]]:
-    """Per-unit pruning ranges `(low, high, step)` for `SearchSpace.ratio_ranges` / `suggest_ratios`.
+    """Per-unit pruning ranges `(low, high, step)` for `SearchSpace.ratio_ranges` (`spaces.pruning.ratio_params`).
 
     The rule, per measured unit: walk its measured ratios upwards while the mAP50-95 drop
     (base - measured, no fine-tuning) stays <= `max_drop`; stop at the first that exceeds it
@@ -217,10 +217,3 @@ def ratio_ranges_from(
             unit_high = low + step * math.floor((unit_high - low) / step + 1e-9)
         ranges[unit] = (low, round(max(low, unit_high), 4), step)
     return ranges
-
-
-def int8_sensitive_units(sensitivity: Sensitivity, max_drop: float = 0.02) -> list[str]:
-    """Units whose INT8 alone costs more than `max_drop` mAP50-95: keep them in float. In model order."""
-    if max_drop < 0:
-        raise UserError(f"max_drop must be >= 0 (a mAP50-95 drop in [0, 1]), got {max_drop}.")
-    return [unit for unit in sensitivity.int8 if sensitivity.int8_drop(unit) > max_drop + _TOLERANCE]

@@ -1,30 +1,42 @@
 """The search space over one model for one device, as an Optuna define-by-run function.
 
-`SearchSpace.sample(trial)` asks the trial for a ratio per pruning unit (`prune.<unit>`),
-a precision per precision unit among those the device offers (`precision.<unit>`) and
-the distillation settings (`distill.*`), and returns a `Policy`. Sampling does no heavy
-work: the units are computed once, when the space is built from the model.
+Every knob declares its own search parameters next to the code that acts on them
+(`spaces.pruning.ratio_params`, `spaces.precision.precision_params`,
+`spaces.distillation.distillation_params`, see `spaces.params`); the space lines them up in
+the order a trial asks for them: a ratio per pruning unit (`prune.<unit>`, in unit order), a
+precision per precision unit among those the device offers (`precision.<unit>`), then the
+fine-tune (`distill.epochs`, `distill.enabled`, `distill.weight`, `distill.teacher`,
+`distill.lr0`). Sampling, its inverse and the distributions all derive from those
+declarations, so they cannot disagree:
+
+- `sample(trial)` asks the trial and returns a `Policy` (no heavy work: the units are
+  computed once, when the space is built from the model);
+- `to_params(policy)` is its exact inverse, the parameters under which `sample` returns
+  `policy` (for `enqueue_trial` or `FixedTrial`);
+- `replay(policy)` adds the distributions they are recorded with (for `create_trial`).
 
 `reference_policies()` are the named points every study evaluates first (what users do by
 hand): the model at FP32 and at each offered precision everywhere, and uniform pruning at
-0.25 / 0.5 / 0.75 with the fastest offered precision. `to_params(policy)` turns any policy
-back into the trial parameters that would sample it, so it can be enqueued.
+REFERENCE_RATIOS with the fastest offered precision.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from optuna.distributions import BaseDistribution
 
 from evaluators.vocabulary import UserError
-from spaces.distillation import DistillationSettings, suggest_distillation
+from spaces.distillation import DistillationSettings, distillation_params
+from spaces.params import Params
 from spaces.policy import Policy
-from spaces.precision import suggest_precisions, uniform_precisions
-from spaces.pruning import PruningUnit, suggest_ratios, uniform_ratios
+from spaces.precision import precision_params, uniform_precisions
+from spaces.pruning import RATIO_RANGE, REFERENCE_RATIOS, PruningUnit, ratio_params, uniform_ratios
 
 # Fastest first: a reference point uses the first precision the device offers in this order.
 _SPEED_ORDER = ("int8", "fp16", "fp32")
-REFERENCE_RATIOS = (0.25, 0.5, 0.75)
 
 
 @dataclass(frozen=True)
@@ -37,12 +49,15 @@ class SearchSpace:
     ratio_range: (low, high, step) of every unit's pruning ratio; `ratio_ranges` narrows named units.
     max_epochs: the largest fine-tune a trial may ask for (>= 0; 0 = no fine-tune).
     teachers: distillation teachers to choose among (None = the study's baseline).
+
+    Raises UserError on construction when fp32 is not offered, or when a declaration
+    rejects its range (a ratio range outside [0, MAX_RATIO), an unknown unit, an unknown precision).
     """
 
     pruning_units: tuple[PruningUnit, ...]
     precision_units: tuple[str, ...]
     offered: tuple[str, ...]
-    ratio_range: tuple[float, float, float] = (0.0, 0.75, 0.05)
+    ratio_range: tuple[float, float, float | None] = RATIO_RANGE
     ratio_ranges: Mapping[str, tuple] = field(default_factory=dict)
     max_epochs: int = 3
     teachers: tuple[str | None, ...] = (None,)
@@ -50,34 +65,44 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if not self.offered:
             raise UserError("the device offers no precision to search over.")
+        if "fp32" not in self.offered:  # the FP32 reference, and transfer's fallback precision
+            raise UserError(f"the device offers {', '.join(self.offered)} but not fp32, which every study starts from.")
+        self.parameters()
+
+    def parameters(self) -> Params:
+        """Every search parameter, as its knob declares it, in the order a trial asks for them."""
+        return Params(
+            (
+                *ratio_params(self.pruning_units, self.ratio_range, self.ratio_ranges),
+                *precision_params(self.precision_units, self.offered),
+                *distillation_params(self.max_epochs, self.teachers),
+            )
+        )
 
     def sample(self, trial) -> Policy:
-        """Define-by-run: the policy this Optuna trial asks for."""
-        low, high, step = self.ratio_range
-        ratios = suggest_ratios(trial, self.pruning_units, low, high, step, self.ratio_ranges)
-        precisions = suggest_precisions(trial, self.precision_units, self.offered)
-        if self.max_epochs > 0:
-            distillation = suggest_distillation(trial, max_epochs=self.max_epochs, teachers=self.teachers)
-        else:
-            distillation = DistillationSettings(enabled=False, epochs=0)
-        return Policy(pruning=ratios, precision=precisions, distillation=distillation)
+        """Define-by-run: the policy this Optuna trial (or `FixedTrial`) asks for."""
+        return _policy(self.parameters().sample(trial))
 
-    def to_params(self, policy: Policy) -> dict:
-        """The Optuna parameters under which `sample` returns `policy` (for `enqueue_trial`)."""
-        params = {f"prune.{u.name}": policy.pruning.get(u.name, 0.0) for u in self.pruning_units}
-        if len(self.offered) > 1:
-            params.update({f"precision.{u}": policy.precision.get(u, "fp32") for u in self.precision_units})
-        if self.max_epochs > 0:
-            d = policy.distillation
-            params["distill.epochs"] = d.epochs
-            if d.epochs > 0:
-                params["distill.enabled"] = d.enabled
-                if d.enabled:
-                    params["distill.weight"] = d.weight
-                    if len(self.teachers) > 1:
-                        params["distill.teacher"] = d.teacher
-                params["distill.lr0"] = d.lr0
-        return params
+    def to_params(self, policy: Policy) -> dict[str, Any]:
+        """The Optuna parameters under which `sample` returns `policy` (for `enqueue_trial`), in asking order."""
+        params = self.parameters()
+        return params.asked(_values(params, policy))
+
+    def replay(self, policy: Policy) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
+        """(params, distributions) of a trial that sampled `policy`, for `optuna.trial.create_trial`.
+
+        The distributions are those `sample` records, except that a numeric range is widened
+        to contain its value (a reference policy may sit outside a range that sensitivity
+        narrowed). Raises RuntimeError if the space cannot sample `policy` (its recipe aside).
+        """
+        params = self.parameters()
+        values = _values(params, policy)
+        if replace(_policy(params.settle(values)), recipe=policy.recipe).policy_id != policy.policy_id:
+            raise RuntimeError(f"the space does not sample policy {policy.policy_id} back from its parameters")
+        try:
+            return params.asked(values), params.distributions(values)
+        except ValueError as exc:
+            raise RuntimeError(f"policy {policy.policy_id} lies outside the space: {exc}") from None
 
     def fastest_precision(self) -> str:
         return next(p for p in _SPEED_ORDER if p in self.offered)
@@ -105,5 +130,27 @@ class SearchSpace:
                 )
         return refs
 
-    def unit_names(self) -> tuple[Sequence[str], Sequence[str]]:
-        return tuple(u.name for u in self.pruning_units), self.precision_units
+
+# A parameter `<knob>.<key>` sets `key` of one part of a Policy: the ratio or precision of
+# unit `key`, or the DistillationSettings field `key`.
+
+
+def _values(params: Params, policy: Policy) -> dict[str, Any]:
+    """Every declared parameter's value in `policy` (its default where the policy names none)."""
+    parts = {"prune": policy.pruning, "precision": policy.precision, "distill": policy.distillation.to_dict()}
+    values = {}
+    for param in params:
+        knob, key = param.name.split(".", 1)
+        values[param.name] = parts[knob].get(key, param.default)
+    return values
+
+
+def _policy(values: Mapping[str, Any]) -> Policy:
+    """The policy whose parameters have `values` (one per declared parameter)."""
+    parts: dict[str, dict[str, Any]] = {"prune": {}, "precision": {}, "distill": {}}
+    for name, value in values.items():
+        knob, key = name.split(".", 1)
+        parts[knob][key] = value
+    return Policy(
+        pruning=parts["prune"], precision=parts["precision"], distillation=DistillationSettings(**parts["distill"])
+    )

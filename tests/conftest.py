@@ -1,4 +1,4 @@
-"""Shared test set-up: offline Ultralytics, one torch thread (the box has two cores)."""
+"""Shared test set-up: offline Ultralytics, one torch thread (the box has two cores), shared fixtures."""
 
 import os
 
@@ -6,19 +6,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from evaluators.environment import ensure_offline
 
-ensure_offline()
+ensure_offline()  # the test session is an entry point: before anything imports Ultralytics
 
-import torch  # noqa: E402
-
-torch.set_num_threads(1)
-
-import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,6 +45,37 @@ def run_cli(args: list[str], home: Path, timeout: int = 900, **kwargs) -> subpro
         timeout=timeout,
         **kwargs,
     )
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """The committed baseline checkpoint, its record, and the embedded data set it was trained on."""
+
+    checkpoint: Path
+    record: object  # search.embedded.baseline.BaselineRecord
+    data_yaml: Path
+
+
+@pytest.fixture(scope="session")
+def embedded() -> Embedded:
+    """The embedded default: generated once per machine under the squeezefit home (same seed, same bytes)."""
+    from evaluators.paths import data_dir
+    from search.embedded.baseline import REPO_BASELINE, BaselineRecord
+    from search.embedded.data import DatasetSpec, generate_dataset
+
+    if not REPO_BASELINE.is_file():
+        pytest.fail(f"the committed baseline {REPO_BASELINE} is missing")
+    record = BaselineRecord.load(REPO_BASELINE)
+    data_yaml = generate_dataset(data_dir(), DatasetSpec(imgsz=record.imgsz, seed=record.seed))
+    return Embedded(REPO_BASELINE, record, data_yaml)
+
+
+@pytest.fixture
+def baseline_model(embedded):
+    """A fresh copy of the committed baseline's DetectionModel (tests may modify it)."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    return load_checkpoint(embedded.checkpoint)[0]
 
 
 @pytest.fixture(scope="session")

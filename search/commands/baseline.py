@@ -26,12 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.embedded.baseline import REPO_BASELINE, train_baseline
+    from search.embedded.baseline import REPO_BASELINE, check_target, train_baseline
     from search.embedded.data import DatasetSpec, dataset_digest, generate_dataset
 
+    out = args.out or REPO_BASELINE.with_name(f"{args.family}-digits.pt")
+    check_target(args.family, out)  # before the data set is made and the model trained
     spec = DatasetSpec(train=args.train_images, val=args.val_images, imgsz=args.imgsz, seed=args.seed)
     data_yaml = generate_dataset(data_dir(), spec, progress=True)
-    out = args.out or REPO_BASELINE.with_name(f"{args.family}-digits.pt")
     command = (
         "squeezefit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("squeezefit") else ""
     )

@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from search.commands import add_config_argument, add_storage_argument, config_overrides
+
 HELP = "Benchmark the search against uniform compression and random search on one device, in one run."
 
 # Trials per search (the six reference policies included): the default study's bench fits
@@ -33,13 +35,7 @@ at the slow end. studies/smoke.yaml --trials 7 ends in ~3 min.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument(
-        "config",
-        type=Path,
-        nargs="?",
-        default=Path("studies/default.yaml"),
-        help="study YAML (default studies/default.yaml)",
-    )
+    add_config_argument(parser)
     parser.add_argument(
         "--trials",
         type=int,
@@ -47,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"finished trials per search, the references included (default {DEFAULT_TRIALS})",
     )
     parser.add_argument("--out", type=Path, help="output directory (default out/<bench name>)")
-    parser.add_argument(
-        "--storage", help="Optuna storage URL for the two studies (default: the config's, or SQLite under studies/)"
+    add_storage_argument(
+        parser, "Optuna storage URL for the two studies (default: the config's, or SQLite under studies/)"
     )
     parser.add_argument(
         "--report", type=Path, help="markdown report path; the PNG and JSON go beside it (default <out>/bench.md)"
@@ -62,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from search.bench.run import bench_name, run_bench
     from search.study import StudyConfig
 
-    config = StudyConfig.from_yaml(args.config, trials=args.trials, storage=args.storage)
+    config = StudyConfig.from_yaml(args.config, **config_overrides(args))
     name = bench_name()
     out = args.out or Path("out") / name
     command = "squeezefit bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if "bench" in sys.argv[1:2] else ""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from search.commands import add_study_arguments, storage_url
+
 HELP = "Export a policy of a study (best under a budget, or a given trial) as a deployable bundle."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", required=True, help="study name")
-    parser.add_argument("--storage", help="Optuna storage URL (default: SQLite under studies/)")
+    add_study_arguments(parser)
     choice = parser.add_mutually_exclusive_group(required=True)
     choice.add_argument(
         "--budget-ms", type=float, help="export the best-mAP complete trial with p50 within this budget"
@@ -23,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from search.export import export_bundle
-    from search.study import StudyConfig, load_study
+    from search.study import load_study
 
-    study = load_study(args.study, args.storage or StudyConfig().storage_url)
+    study = load_study(args.study, storage_url(args))
     out = export_bundle(study, args.out, budget_ms=args.budget_ms, trial=args.trial)
     print(f"exported to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0

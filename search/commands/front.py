@@ -6,12 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from search.commands import add_study_arguments, storage_url
+
 HELP = "Show a study's Pareto front (feasible, non-dominated trials) as a table and a plot."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", required=True, help="study name")
-    parser.add_argument("--storage", help="Optuna storage URL (default: SQLite under studies/)")
+    add_study_arguments(parser)
     parser.add_argument("--all", action="store_true", help="list every finished trial, not only the front")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--csv", type=Path, help="also write the table to this CSV file")
@@ -20,10 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from search.front import pareto_front, plot_front, trials_table
-    from search.study import StudyConfig, load_study, study_record
+    from search.study import load_study, study_record
 
-    storage = args.storage or StudyConfig().storage_url
-    study = load_study(args.study, storage)
+    study = load_study(args.study, storage_url(args))
     budget = study_record(study)["budget_ms"]
     table = trials_table(study)
     shown = table if args.all else pareto_front(table)

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
+
+from search.commands import add_config_argument, add_storage_argument, config_overrides
+from search.samplers import SAMPLERS
 
 HELP = "Search compression policies for a model against a device's latency budget."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "config",
-        type=Path,
-        nargs="?",
-        default=Path("studies/default.yaml"),
-        help="study YAML (default studies/default.yaml)",
-    )
+    add_config_argument(parser)
+    # Flags whose dest is a StudyConfig field override the file's setting.
     parser.add_argument("--study", dest="name", help="study name (default: the config's name)")
-    parser.add_argument("--storage", help="Optuna storage URL (default: SQLite under studies/)")
+    add_storage_argument(parser)
     parser.add_argument("--trials", type=int, help="finished trials the study should reach")
     parser.add_argument("--budget-ms", type=float, help="latency budget (p50, ms) on the device")
     parser.add_argument("--device", help="device name, e.g. ort-cpu, ort-cpu:2, openvino-cpu")
-    parser.add_argument("--sampler", choices=("tpe", "nsga2", "random"))
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS))
     parser.add_argument("--time-limit-min", type=float, help="stop starting trials after this many minutes")
+    parser.add_argument(
+        "--pruning-importance", help="how pruned channels are ranked: magnitude (the default), lamp or taylor"
+    )
+    parser.add_argument(
+        "--pruning-round-to", type=int, help="every pruned channel group keeps a multiple of this many (default 8)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue a stopped study of the same name")
     parser.add_argument("--no-early-stop", action="store_true", help="never stop a fine-tune early")
     parser.add_argument(
@@ -37,18 +42,11 @@ def run(args: argparse.Namespace) -> int:
     from search.study import StudyConfig, load_study
     from search.tuner import check_can_start, run_search
 
-    config = StudyConfig.from_yaml(
-        args.config,
-        name=args.name,
-        storage=args.storage,
-        trials=args.trials,
-        budget_ms=args.budget_ms,
-        device=args.device,
-        sampler=args.sampler,
-        time_limit_min=args.time_limit_min,
-    )
+    config = StudyConfig.from_yaml(args.config, **config_overrides(args))
     if args.budget_ms is not None:
-        config = config.with_overrides(budget_fraction=None)
+        config = replace(
+            config, budget_fraction=None
+        )  # an absolute budget on the command line replaces the file's rule
     check_can_start(config.name, config.storage_url, resume=args.resume)  # before minutes of preparation
     prepared = prepare(config)
     outcome = run_search(config, prepared, name=config.name, resume=args.resume, early_stop=not args.no_early_stop)

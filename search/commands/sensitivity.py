@@ -5,17 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from search.commands import add_config_argument
+
 HELP = "Measure each unit's sensitivity to pruning and INT8 (no fine-tuning) and store it next to the model."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "config",
-        type=Path,
-        nargs="?",
-        default=Path("studies/default.yaml"),
-        help="study YAML: model, data, imgsz, device (default studies/default.yaml)",
-    )
+    add_config_argument(parser, "study YAML: model, data, imgsz, device, calibration, pruning importance and round_to")
     parser.add_argument(
         "--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="pruning ratios to try per unit"
     )
@@ -26,12 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from evaluators.registry import get_device
-    from search.prepare import calibration_images, load_baseline, resolve_data
+    from search.checkpoint import load_baseline
+    from search.prepare import calibration_images, resolve_data
     from search.sensitivity import analyze_sensitivity
     from search.study import StudyConfig
+    from spaces.importance import get_criterion
     from spaces.sensitivity import sensitivity_path
 
     config = StudyConfig.from_yaml(args.config)
+    get_criterion(config.pruning_importance)  # an unknown name fails before the data set is made
     checkpoint = Path(config.model)
     model = load_baseline(checkpoint)
     data_yaml = resolve_data(config)
@@ -46,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         recipe=device.recipe_for(),
         max_images=args.max_images,
         units=args.units,
+        importance=config.pruning_importance,
+        round_to=config.pruning_round_to,
         runtime=device.accuracy_runtime,
     )
     path = result.save(sensitivity_path(checkpoint))

@@ -7,15 +7,13 @@ import contextlib
 import json
 import sys
 
+from search.commands import add_study_arguments, storage_url
+
 HELP = "Reuse a study on a new device: mAP carries over, latency is measured again, the search continues warm."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", required=True, help="the finished source study")
-    parser.add_argument(
-        "--storage",
-        help="Optuna storage URL of the source; the new study goes there too (default: SQLite under studies/)",
-    )
+    add_study_arguments(parser, "the finished source study; the new study goes into its storage")
     parser.add_argument("--device", required=True, help="the new device, e.g. openvino-cpu, ort-cpu:2")
     parser.add_argument(
         "--name",
@@ -47,12 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from evaluators.vocabulary import UserError
-    from search.study import StudyConfig
     from search.transfer import transfer_study
 
     if args.continue_trials < 0 or args.top_k < 0:
         raise UserError("--continue and --top-k must be zero or more.")
-    storage = args.storage or StudyConfig().storage_url
+    storage = storage_url(args)
     progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with progress:
         report = transfer_study(

@@ -4,6 +4,11 @@
 downloaded), validates the result, and writes next to the checkpoint a small JSON file
 with its recorded mAP, image size, epochs, data-set digest and the exact command, so a
 test can check that the committed checkpoint still scores what it says.
+
+The checkpoint path is the user's: before any training, `check_target` refuses one that
+would overwrite something other than a baseline (a corrupt or non-YOLO file, a checkpoint
+without its record, a malformed record), so nothing is lost and no hour of training is
+spent on an output that cannot be written.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import date
 from pathlib import Path
 
@@ -22,11 +27,15 @@ from ultralytics import YOLO
 from evaluators.accuracy import VAL_DEFAULTS
 from evaluators.paths import runs_dir
 from evaluators.vocabulary import UserError
+from search.checkpoint import load_baseline
 from spaces.distillation import TRAIN_DEFAULTS
 
 # Families the baseline command can build; each is an Ultralytics model YAML.
 FAMILIES = ("yolo11n", "yolo11s", "yolov8n", "yolov8s")
 REPO_BASELINE = Path(__file__).resolve().parents[2] / "studies" / "baseline" / "yolo11n-digits.pt"
+# The JSON types a record's fields are stored as, by annotation (bools are not numbers here).
+_JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "dict": (dict,)}
+_VAL_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -54,21 +63,41 @@ class BaselineRecord:
 
     @classmethod
     def load(cls, checkpoint: Path) -> BaselineRecord:
+        """The record beside `checkpoint`; UserError if it is missing, not a JSON object, or lacks,
+        adds or mistypes a field."""
         path = cls.path_for(checkpoint)
         if not path.is_file():
             raise UserError(f"no baseline record {path} next to the checkpoint; train it with `squeezefit baseline`.")
-        return cls(**json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:  # JSON syntax, or bytes that are not text
+            raise UserError(f"baseline record {path} is not valid JSON; train the baseline again.") from None
+        if not isinstance(data, dict):
+            raise UserError(f"baseline record {path} must be a JSON object; train the baseline again.")
+        for f in fields(cls):
+            if f.name not in data:
+                raise UserError(f"baseline record {path} has no {f.name!r}; train the baseline again.")
+            value = data[f.name]
+            if isinstance(value, bool) or not isinstance(value, _JSON_TYPES[f.type]):
+                raise UserError(f"baseline record {path} has {f.name} {value!r}, which is not a {f.type}.")
+        if unknown := sorted(set(data) - {f.name for f in fields(cls)}):
+            raise UserError(f"baseline record {path} has an unknown field {unknown[0]!r}.")
+        return cls(**data)
 
     def save(self, checkpoint: Path) -> None:
-        self.path_for(checkpoint).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        """Write the record beside `checkpoint`, atomically (a killed run never leaves half a record)."""
+        path = self.path_for(checkpoint)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
 
 
-def validate(checkpoint: Path, data_yaml: Path, imgsz: int, batch: int = 16) -> tuple[float, float]:
+def validate(checkpoint: Path, data_yaml: Path, imgsz: int) -> tuple[float, float]:
     """(mAP50-95, mAP50) of a checkpoint on the data set's val split, through Ultralytics' validator."""
     metrics = YOLO(str(checkpoint)).val(
         data=str(data_yaml),
         imgsz=imgsz,
-        batch=batch,
+        batch=_VAL_BATCH,
         device="cpu",
         workers=0,
         project=str(runs_dir()),
@@ -77,6 +106,40 @@ def validate(checkpoint: Path, data_yaml: Path, imgsz: int, batch: int = 16) -> 
         **VAL_DEFAULTS,
     )
     return float(metrics.box.map), float(metrics.box.map50)
+
+
+def check_target(family: str, out: Path) -> None:
+    """UserError unless `family` is one of FAMILIES and `out` can take a new baseline.
+
+    out must be a `.pt` path whose folder can be made (it is made), and either new or a
+    baseline to replace: a YOLO detection checkpoint with a valid record beside it. A
+    corrupt or non-YOLO file there, or a checkpoint without a valid record, may be the
+    user's own: it is kept, and the error says so before anything is trained.
+    """
+    if family not in FAMILIES:
+        raise UserError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}.")
+    out = Path(out)
+    if out.suffix != ".pt" or out.is_dir():
+        raise UserError(f"the baseline checkpoint {out} must be a .pt file path (its record goes beside it as .json).")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot make the folder {out.parent} for the baseline ({exc.strerror}).") from None
+    if not out.exists():
+        return
+    try:
+        load_baseline(out)
+    except UserError:
+        raise UserError(
+            f"{out} exists and is not a YOLO detection checkpoint to replace; choose another --out or remove it."
+        ) from None
+    try:
+        BaselineRecord.load(out)
+    except UserError:
+        raise UserError(
+            f"{out} has no valid baseline record beside it, so it is not a baseline to replace; "
+            "choose another --out or remove it."
+        ) from None
 
 
 def train_baseline(
@@ -91,11 +154,12 @@ def train_baseline(
     data_digest: str = "",
     command: str = "",
 ) -> BaselineRecord:
-    """Train `family` from scratch on `data_yaml`, copy best.pt to `out`, record its scores next to it."""
-    if family not in FAMILIES:
-        raise UserError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}.")
+    """Train `family` from scratch on `data_yaml`, copy best.pt to `out`, record its scores next to it.
+
+    UserError (before training) where `check_target` refuses `family` or `out`.
+    """
+    check_target(family, out)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model = YOLO(f"{family}.yaml")
 

@@ -3,26 +3,19 @@
 import pytest
 
 from evaluators.accuracy import measure_accuracy
-from evaluators.paths import data_dir
 from evaluators.vocabulary import UserError
-from search.embedded.baseline import REPO_BASELINE, BaselineRecord, validate
-from search.embedded.data import DatasetSpec, generate_dataset
+from search.embedded.baseline import REPO_BASELINE, validate
 from spaces.onnx_export import export_onnx
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    if not REPO_BASELINE.is_file():
-        pytest.fail(f"the committed baseline {REPO_BASELINE} is missing")
+def baseline(embedded, tmp_path_factory):
     from ultralytics.nn.tasks import load_checkpoint
 
-    record = BaselineRecord.load(REPO_BASELINE)
-    data_yaml = generate_dataset(data_dir(), DatasetSpec(imgsz=record.imgsz, seed=record.seed))
-    model, _ = load_checkpoint(REPO_BASELINE)
-    onnx_path = export_onnx(
-        model, tmp_path_factory.mktemp("acc") / "baseline.onnx", imgsz=record.imgsz, names=model.names
-    )
-    return record, data_yaml, onnx_path
+    model, _ = load_checkpoint(embedded.checkpoint)
+    folder = tmp_path_factory.mktemp("acc")
+    onnx_path = export_onnx(model, folder / "baseline.onnx", imgsz=embedded.record.imgsz, names=model.names)
+    return embedded.record, embedded.data_yaml, onnx_path
 
 
 def test_fp32_artifact_matches_pytorch(baseline, tmp_path):

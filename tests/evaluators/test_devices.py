@@ -11,12 +11,15 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import onnx
 import pytest
 
 from evaluators import (
+    PRECISIONS,
+    Int8Recipe,
     LatencyCache,
     LatencyMeasurement,
     TimingSettings,
@@ -26,13 +29,26 @@ from evaluators import (
     get_device,
     structure_hash,
 )
+from evaluators.accuracy import RUNTIMES
 from evaluators.remote import RemoteDevice, make_server
 from evaluators.timing import run_protocol
 
 # Small floors keep the suite fast; the protocol is the same as with the defaults.
 TINY = TimingSettings(warmup_min_runs=2, warmup_max_runs=6, warmup_window=2, min_runs=5, min_seconds=0.02, max_runs=200)
 TOKEN = "conformance-token"
-DEVICES = ["ort-cpu", "ort-cpu:2", "openvino-cpu", "openvino-cpu:2", "remote", "ort-cuda", "ort-trt", "tensorrt"]
+
+
+def _conformance_names() -> list[str]:
+    """Every registered device kind (a threaded kind also at 2 threads); absent hardware skips."""
+    names = []
+    for status in available_devices():
+        names.append(status.prefix)
+        if status.usage.endswith("[:threads]"):
+            names.append(f"{status.prefix}:2")
+    return names
+
+
+DEVICES = _conformance_names()
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +114,12 @@ def test_fingerprint_is_stable(device):
 
 def test_precisions_and_int8_recipe_agree(device):
     assert "fp32" in device.precisions
-    assert set(device.precisions) <= {"fp32", "fp16", "int8"}
+    assert set(device.precisions) <= set(PRECISIONS)
     assert (device.int8_recipe is None) == ("int8" not in device.precisions)
+    assert device.recipe_for() == (device.int8_recipe or Int8Recipe())
+    own = Int8Recipe(calibration="percentile")
+    assert device.recipe_for(own) is own  # a policy's own recipe wins
+    assert device.accuracy_runtime in RUNTIMES
 
 
 def test_missing_and_corrupt_artifacts_are_user_errors(device, artifact, tmp_path):
@@ -170,7 +190,23 @@ def test_sustained_mode_reports_throughput_and_drift(artifact):
     settings = TimingSettings(**{**TINY.to_dict(), "sustained_seconds": 0.2})
     m = get_device("ort-cpu", cache=False).measure(artifact, settings=settings)
     assert m.sustained_seconds >= 0.2 and m.sustained_throughput_ips > 0
-    assert -1 < m.sustained_drift < 10
+
+
+def test_sustained_drift_is_last_window_over_first():
+    """A run that takes 1 ms for its first 0.15 s and 2 ms after: the sustained drift is exactly +100%."""
+    start = []
+
+    def timed_run() -> float:
+        now = time.perf_counter()
+        start.append(now)
+        time.sleep(0.002)
+        return 1.0 if now - start[0] < 0.15 else 2.0
+
+    settings = TimingSettings(
+        warmup_min_runs=1, warmup_window=1, min_runs=1, min_seconds=0, max_runs=1, sustained_seconds=0.3
+    )
+    stats = run_protocol(timed_run, settings)
+    assert stats.sustained_drift == 1.0 and stats.sustained_seconds >= 0.3
 
 
 def test_run_count_floor_time_floor_and_caps():

@@ -1,28 +1,21 @@
 """The committed baseline loads with Ultralytics and scores what its record says."""
 
-import pytest
 from ultralytics import YOLO
 
-from evaluators.paths import data_dir
-from search.embedded.baseline import REPO_BASELINE, BaselineRecord, validate
-from search.embedded.data import DatasetSpec, dataset_digest, generate_dataset
+from search.embedded.baseline import REPO_BASELINE, validate
+from search.embedded.data import dataset_digest
 
 
-@pytest.fixture(scope="module")
-def record():
-    return BaselineRecord.load(REPO_BASELINE)
-
-
-def test_baseline_loads_as_a_detector(record):
+def test_baseline_loads_as_a_detector(embedded):
+    record = embedded.record
     model = YOLO(str(REPO_BASELINE))
     assert model.task == "detect"
     assert len(model.names) == 10
     assert record.family == "yolo11n" and record.command.startswith("squeezefit baseline")
 
 
-def test_baseline_map_matches_its_record(record):
-    spec = DatasetSpec(imgsz=record.imgsz, seed=record.seed)
-    data_yaml = generate_dataset(data_dir(), spec)
+def test_baseline_map_matches_its_record(embedded):
+    record, data_yaml = embedded.record, embedded.data_yaml
     assert dataset_digest(data_yaml.parent) == record.data_digest, (
         "the embedded data set changed since the baseline was trained"
     )

@@ -1,6 +1,7 @@
 """StudyConfig validation and overrides; the stored sensitivity narrowing a study's space."""
 
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -70,3 +71,53 @@ def test_sensitivity_narrows_ranges(tmp_path):
     ranges = sensitivity_ranges(config, checkpoint, model)
     assert ranges["model.2"][1] == pytest.approx(0.25)  # 0.5 lost 0.10: the range stops at 0.25
     assert ranges["model.9"][1] == pytest.approx(0.75)  # every measured ratio stayed within 0.02
+
+
+def test_pruning_options_from_the_file_and_the_flags(tmp_path):
+    from search.cli import build_parser
+    from search.commands import config_overrides
+
+    study = tmp_path / "s.yaml"
+    study.write_text("pruning_importance: lamp\npruning_round_to: 16\nbudget_fraction: 0.5\n")
+    config = StudyConfig.from_yaml(study)
+    assert (config.pruning_importance, config.pruning_round_to) == ("lamp", 16)
+    assert (StudyConfig().pruning_importance, StudyConfig().pruning_round_to) == ("magnitude", 8)  # the default study
+    args = build_parser().parse_args(
+        ["search", str(study), "--pruning-importance", "taylor", "--pruning-round-to", "4", "--trials", "2"]
+    )
+    overridden = StudyConfig.from_yaml(args.config, **config_overrides(args))
+    assert (overridden.pruning_importance, overridden.pruning_round_to, overridden.trials) == ("taylor", 4, 2)
+    assert overridden.budget_fraction == 0.5 and overridden.name == "s"  # flags left out leave the file's values
+    with pytest.raises(UserError, match="pruning_round_to must be a positive channel count or null, got 0"):
+        StudyConfig(pruning_round_to=0)
+    assert StudyConfig(pruning_round_to=None).pruning_round_to is None
+
+
+@pytest.mark.parametrize("command", ["search", "sensitivity"])
+def test_unknown_pruning_importance_fails_before_any_work(tmp_path, capsys, monkeypatch, command):
+    from search.cli import main
+
+    monkeypatch.setenv("SQUEEZEFIT_HOME", str(tmp_path / "home"))
+    study = tmp_path / "s.yaml"
+    study.write_text(f"pruning_importance: random\nstorage: sqlite:///{tmp_path}/s.db\n")
+    assert main([command, str(study)]) == 2
+    assert capsys.readouterr().err == (
+        f"squeezefit {command}: Unknown pruning importance 'random'; choose one of magnitude, lamp, taylor.\n"
+    )
+    assert not (tmp_path / "home" / "studies" / "runs").exists()
+
+
+def test_sensitivity_measured_with_other_pruning_options_is_refused(tmp_path):
+    from ultralytics.nn.tasks import load_checkpoint
+
+    checkpoint = shutil.copyfile(REPO_BASELINE, tmp_path / "model.pt")
+    model, _ = load_checkpoint(checkpoint)
+    settings = SensitivitySettings(192, (0.5,), False, 64, "val", 0, Int8Recipe(), "magnitude", 8, "onnxruntime", "d")
+    Sensitivity(0.4, {"model.2": {0.5: 0.39}}, {}, settings, model_fingerprint(model)).save(
+        sensitivity_path(checkpoint)
+    )
+    same = StudyConfig(model=str(checkpoint), sensitivity_max_drop=0.02)
+    assert sensitivity_ranges(same, checkpoint, model)["model.2"][1] == pytest.approx(0.75)
+    for options in ({"pruning_importance": "lamp"}, {"pruning_round_to": 4}):
+        with pytest.raises(UserError, match="run `squeezefit sensitivity` again"):
+            sensitivity_ranges(replace(same, **options), checkpoint, model)

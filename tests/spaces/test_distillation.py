@@ -4,10 +4,8 @@ import pytest
 import torch
 
 from evaluators.datasets import subset_data_yaml
-from evaluators.paths import data_dir
 from evaluators.vocabulary import UserError
-from search.embedded.baseline import REPO_BASELINE, BaselineRecord
-from search.embedded.data import DatasetSpec, generate_dataset
+from search.embedded.baseline import REPO_BASELINE
 from spaces.distillation import DistillationSettings, finetune
 from spaces.pruning import apply_pruning, pruning_units, uniform_ratios
 
@@ -15,16 +13,12 @@ IMGSZ = 96
 
 
 @pytest.fixture(scope="module")
-def setup():
-    if not REPO_BASELINE.is_file():
-        pytest.fail(f"the committed baseline {REPO_BASELINE} is missing")
+def setup(embedded, tmp_path_factory):
     from ultralytics.nn.tasks import load_checkpoint
 
-    record = BaselineRecord.load(REPO_BASELINE)
-    data_yaml = generate_dataset(data_dir(), DatasetSpec(imgsz=record.imgsz, seed=record.seed))
-    workdir = data_dir() / "test-distillation"
-    data_yaml = subset_data_yaml(subset_data_yaml(data_yaml, "train", 32, workdir), "val", 16, workdir)
-    baseline, _ = load_checkpoint(REPO_BASELINE)
+    workdir = tmp_path_factory.mktemp("subsets")
+    data_yaml = subset_data_yaml(subset_data_yaml(embedded.data_yaml, "train", 32, workdir), "val", 16, workdir)
+    baseline, _ = load_checkpoint(embedded.checkpoint)
     pruned = apply_pruning(baseline, uniform_ratios(pruning_units(baseline), 0.25), imgsz=IMGSZ)
     return data_yaml, pruned
 
@@ -48,7 +42,8 @@ def test_finetune_reports_each_epoch(setup, tmp_path, enabled):
         on_epoch=lambda e, m: seen.append((e, m)),
     )
     assert len(result.epoch_maps) == 1 and seen == [(1, result.epoch_maps[0])]
-    assert 0.0 <= result.epoch_maps[0] <= 1.0 and not result.stopped_early
+    assert result.epoch_maps[0] > 0.0, "the fine-tuned student no longer finds any digit"
+    assert not result.stopped_early
     assert _params(result.model) == pruned.params  # the student keeps its pruned shape; no projector leaks in
     assert not result.model.training and result.weights and result.weights.is_file()
     changed = any(

@@ -12,19 +12,24 @@ import re
 import optuna
 import pytest
 import torch
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FixedTrial
 from ultralytics.nn.tasks import DetectionModel
 
 from evaluators.vocabulary import Int8Recipe, UserError
 from spaces.distillation import DistillationSettings
 from spaces.onnx_export import export_onnx, precision_units
 from spaces.policy import Policy
-from spaces.pruning import MAX_RATIO, pruning_units
+from spaces.pruning import MAX_RATIO, REFERENCE_RATIOS, pruning_units
 from spaces.space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-# Reference policies without fine-tuning (epochs 0) lie outside distill.epochs' range; Optuna
-# warns and uses the enqueued value, which is what reproduces them.
-pytestmark = pytest.mark.filterwarnings("ignore:Fixed parameter")
+# Reference policies may lie outside a unit's narrowed or coarse range; Optuna (enqueued trials,
+# FixedTrial) warns and uses the given value, which is what reproduces them.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Fixed parameter"),
+    pytest.mark.filterwarnings("ignore:The value .* is out of the range"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +168,7 @@ def test_sample_gives_valid_policies_with_named_parameters(units):
         policy.validate([u.name for u in prune], prec, s.offered)
         assert set(policy.pruning) <= {u.name for u in prune}  # units sampled at 0 are left out
         assert set(policy.precision) == set(prec)
-        assert all(0.0 <= r <= 0.75 for r in policy.pruning.values())
+        assert all(0.0 < r <= 0.75 and round(r / 0.05, 6).is_integer() for r in policy.pruning.values())
         assert 1 <= policy.distillation.epochs <= s.max_epochs
         params = set(trial.params)
         assert {f"prune.{u.name}" for u in prune} <= params
@@ -179,30 +184,126 @@ def reproduced(s: SearchSpace, policy: Policy) -> Policy:
     return s.sample(study.ask())
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {},
-        {"offered": ("int8", "fp16", "fp32"), "teachers": (None, "other.pt"), "max_epochs": 2},
-        {"offered": ("fp32",), "max_epochs": 0},
-        {"ratio_range": (0.0, 0.5, 0.1)},
-        {"ratio_ranges": {"model.2": (0.0, 0.25, 0.05), "model.9": (0.1, 0.1)}},
-    ],
-    ids=["default", "three-precisions-two-teachers", "fp32-no-finetune", "coarse", "narrowed"],
-)
-def test_to_params_reproduces_sampled_and_reference_policies(units, kwargs):
+SPACES = {
+    "default": {},
+    "three-precisions-two-teachers": {
+        "offered": ("int8", "fp16", "fp32"),
+        "teachers": (None, "other.pt"),
+        "max_epochs": 2,
+    },
+    "fp32-no-finetune": {"offered": ("fp32",), "max_epochs": 0},
+    "coarse": {"ratio_range": (0.0, 0.5, 0.1)},
+    "continuous": {"ratio_range": (0.0, 0.6, None)},
+    "narrowed": {"ratio_ranges": {"model.2": (0.0, 0.25, 0.05), "model.9": (0.1, 0.1), "model.4": (0.05, 0.45, 0.1)}},
+}
+
+
+@pytest.mark.parametrize("kwargs", SPACES.values(), ids=SPACES.keys())
+def test_to_params_is_the_inverse_of_sample(units, kwargs):
+    """For real trials and every reference: a FixedTrial of `to_params` samples the policy back, an
+    enqueued trial does too, and `replay` gives the distributions Optuna records (widened only where
+    a reference lies outside a narrowed range), which `create_trial` accepts."""
     s = space(units, **kwargs)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
-    sampled = [s.sample(study.ask()) for _ in range(4)]
-    for policy in [*sampled, *s.reference_policies().values()]:
+    recorded = {}
+    for _ in range(25):
+        trial = study.ask()
+        policy = s.sample(trial)
+        recorded[policy.policy_id] = (policy, trial.params, trial.distributions)
+        study.tell(trial, 0.0)
+    for policy, params, distributions in recorded.values():
+        assert s.to_params(policy).keys() == params.keys()
+        assert s.sample(FixedTrial(s.to_params(policy))) == policy
+        replayed, replayed_distributions = s.replay(policy)
+        assert replayed == s.to_params(policy) and replayed_distributions == distributions
+    for policy in s.reference_policies().values():
         again = reproduced(s, policy)
         assert again == policy and again.policy_id == policy.policy_id
+        assert s.sample(FixedTrial(s.to_params(policy))) == policy
+        params, distributions = s.replay(policy)
+        trial = optuna.trial.create_trial(params=params, distributions=distributions, value=0.0)
+        assert trial.params == params
 
 
-def test_references_reproduce_with_one_epoch(units):
-    s = space(units, max_epochs=1)
-    for policy in s.reference_policies().values():
-        assert reproduced(s, policy) == policy
+def test_parameters_are_asked_in_declaration_order(units):
+    prune, prec = units
+    s = space(units, offered=("int8", "fp16", "fp32"), teachers=(None, "other.pt"))
+    policy = Policy(
+        pruning={"model.2": 0.5},
+        precision=dict.fromkeys(prec, "fp16"),
+        distillation=DistillationSettings(enabled=True, weight=2.0, epochs=2, lr0=2e-4, teacher="other.pt"),
+    )
+    fixed = FixedTrial(s.to_params(policy))
+    assert s.sample(fixed) == policy
+    distill = ["distill.epochs", "distill.enabled", "distill.weight", "distill.teacher", "distill.lr0"]
+    assert list(fixed.params) == [
+        *(f"prune.{u.name}" for u in prune),
+        *(f"precision.{u}" for u in prec),
+        *distill,
+    ]
+    assert fixed.params["distill.teacher"] == "other.pt" and fixed.params["prune.model.2"] == 0.5
+
+
+def test_declared_distributions(units):
+    _, prec = units
+    s = space(units, teachers=(None, "other.pt"), ratio_ranges={"model.9": (0.1, 0.1), "model.2": (0.0, 0.3)})
+    policy = Policy(
+        pruning={"model.9": 0.1},
+        precision=dict.fromkeys(prec, "int8"),
+        distillation=DistillationSettings(epochs=3, teacher="other.pt"),
+    )
+    params, distributions = s.replay(policy)
+    assert distributions["prune.model.0"] == FloatDistribution(0.0, 0.75, step=0.05)
+    assert distributions["prune.model.9"] == FloatDistribution(0.1, 0.1)  # a fixed unit has no step
+    assert distributions["prune.model.2"] == FloatDistribution(0.0, 0.3, step=0.05)  # a pair keeps the space's step
+    assert distributions[f"precision.{prec[0]}"] == CategoricalDistribution(["int8", "fp32"])
+    assert distributions["distill.epochs"] == IntDistribution(0, 3)
+    assert distributions["distill.enabled"] == CategoricalDistribution([True, False])
+    assert distributions["distill.weight"] == FloatDistribution(0.5, 12.0, log=True)
+    assert distributions["distill.teacher"] == CategoricalDistribution([None, "other.pt"])
+    assert distributions["distill.lr0"] == FloatDistribution(1e-4, 3e-3, log=True)
+    assert params["prune.model.9"] == 0.1  # the only value of a fixed unit
+    fp32 = Policy(precision=dict.fromkeys(prec, "fp32"), distillation=DistillationSettings(enabled=False, epochs=0))
+    single = space(units, offered=("fp32",)).replay(fp32)
+    assert single[1][f"precision.{prec[0]}"] == CategoricalDistribution(["fp32"])  # asked with one choice too
+
+
+def test_conditions_decide_which_distillation_parameters_exist(units):
+    s = space(units, teachers=(None, "other.pt"))
+
+    def distill_params(space_: SearchSpace, settings: DistillationSettings) -> dict:
+        return {k: v for k, v in space_.to_params(Policy(distillation=settings)).items() if k.startswith("distill.")}
+
+    assert distill_params(s, DistillationSettings(enabled=False, epochs=0)) == {"distill.epochs": 0}
+    assert distill_params(s, DistillationSettings(enabled=False, epochs=2, lr0=5e-4)) == {
+        "distill.epochs": 2,
+        "distill.enabled": False,
+        "distill.lr0": 5e-4,
+    }
+    assert list(distill_params(s, DistillationSettings(epochs=1))) == [
+        "distill.epochs",
+        "distill.enabled",
+        "distill.weight",
+        "distill.teacher",
+        "distill.lr0",
+    ]
+    one_teacher = distill_params(space(units), DistillationSettings(epochs=1))
+    assert "distill.teacher" not in one_teacher and one_teacher["distill.weight"] == 6.0
+    no_finetune = space(units, max_epochs=0)
+    assert distill_params(no_finetune, DistillationSettings(enabled=False, epochs=0)) == {}
+    params = no_finetune.to_params(Policy())
+    assert no_finetune.sample(FixedTrial(params)).distillation == DistillationSettings(enabled=False, epochs=0)
+
+
+def test_a_policy_the_space_cannot_sample_is_refused(units):
+    s = space(units)  # one teacher: the study's baseline
+    with pytest.raises(RuntimeError, match="does not sample"):
+        s.replay(Policy(distillation=DistillationSettings(epochs=1, teacher="other.pt")))
+    with pytest.raises(RuntimeError, match="does not sample"):
+        s.replay(Policy(precision={"model.2": "fp32"}))  # a sampled policy sets every unit's precision
+    prec = units[1]
+    with pytest.raises(RuntimeError, match="outside the space"):
+        s.replay(Policy(precision={**dict.fromkeys(prec, "fp32"), "model.2": "fp16"}))  # not offered
 
 
 def test_reference_policies(units):
@@ -211,9 +312,10 @@ def test_reference_policies(units):
     assert "fp32" in refs and "all-int8" in refs and "all-fp16" not in refs
     assert all(p == "fp32" for p in refs["fp32"].precision.values()) and not refs["fp32"].pruning
     assert all(p == "int8" for p in refs["all-int8"].precision.values())
-    for ratio in ("0.25", "0.5", "0.75"):
-        (name,) = [n for n in refs if n.startswith(f"prune-{ratio}-")]
-        assert set(refs[name].pruning.values()) == {float(ratio)}
+    assert REFERENCE_RATIOS == (0.25, 0.5, 0.75)
+    for ratio in REFERENCE_RATIOS:
+        (name,) = [n for n in refs if n.startswith(f"prune-{ratio:g}-")]
+        assert set(refs[name].pruning.values()) == {ratio}
         assert set(refs[name].pruning) == {u.name for u in prune}
     assert len({p.policy_id for p in refs.values()}) == len(refs)
     assert not any(n.startswith("prune-0.75") for n in space(units, ratio_range=(0.0, 0.5, 0.05)).reference_policies())
@@ -228,8 +330,14 @@ def test_fp32_only_device(units):
     assert {p for policy in policies for p in policy.precision.values()} == {"fp32"}
 
 
-def test_space_needs_an_offered_precision(units):
-    with pytest.raises(UserError):
+def test_bad_spaces_are_user_errors(units):
+    with pytest.raises(UserError, match="no precision"):
         space(units, offered=())
-    with pytest.raises(UserError):
-        space(units, offered=("int4",)).sample(optuna.create_study().ask())
+    with pytest.raises(UserError, match="int4"):
+        space(units, offered=("int4", "fp32"))
+    with pytest.raises(UserError, match="not fp32"):
+        space(units, offered=("int8",))
+    with pytest.raises(UserError, match="model.99"):
+        space(units, ratio_ranges={"model.99": (0.0, 0.1)})
+    with pytest.raises(UserError, match="model.2"):
+        space(units, ratio_ranges={"model.2": (0.0, MAX_RATIO)})

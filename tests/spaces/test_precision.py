@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
-import optuna
 import pytest
 import torch
 from skimage import data
@@ -16,8 +15,11 @@ from ultralytics.nn.tasks import DetectionModel
 
 from evaluators.artifact import structure_hash
 from evaluators.vocabulary import Int8Recipe, UserError
-from spaces.onnx_export import compare_outputs, export_onnx, metadata, module_path, precision_units
-from spaces.precision import build_artifact, suggest_precisions, uniform_precisions
+from spaces.onnx_export import export_onnx, metadata, module_path, precision_units, preprocess_images
+from spaces.params import Categorical
+from spaces.precision import build_artifact, precision_params, uniform_precisions
+from spaces.quantizers import QUANTIZERS, get_quantizer
+from tests.spaces.helpers import compare_outputs
 
 IMGSZ = 64
 NAMES = {i: f"class{i}" for i in range(10)}
@@ -100,7 +102,8 @@ def test_fp32_export_keeps_metadata_module_names_and_predicts(model, fp32, image
     assert module_path("/model.6/m.0/m/m.0/cv1/conv/Conv") == "model.6.m.0.m.0.cv1.conv"
     assert hasattr(model.model[0], "bn") and model.model[0].conv.weight.requires_grad  # input not fused
     result = YOLO(str(fp32), task="detect").predict(str(images[0]), imgsz=IMGSZ, verbose=False)[0]
-    assert result.boxes is not None and result.names == NAMES
+    assert result.names == NAMES and result.orig_shape == (80, 96)  # boxes are mapped back to the image
+    assert result.boxes.data.shape[1] == 6
 
 
 def test_fp32_outputs_match_pytorch(model, fp32, images):
@@ -129,7 +132,7 @@ def test_mixed_map_puts_each_unit_at_its_precision(mixed):
 
 def test_yolo_predicts_with_mixed_artifact(mixed, images):
     result = YOLO(str(mixed.path), task="detect").predict(str(images[1]), imgsz=IMGSZ, verbose=False)[0]
-    assert result.boxes is not None
+    assert result.names == NAMES and result.orig_shape == (80, 96) and result.boxes.data.shape[1] == 6
 
 
 def test_head_final_convs_and_dfl_stay_float_unless_asked(model, images, all_int8, tmp_path):
@@ -213,15 +216,41 @@ def test_structure_hash_ignores_weights_not_precisions(model, images, mixed, all
     assert len({structure_hash(a.path) for a in (fp16, mixed, all_int8)}) == 3
 
 
-def test_suggest_and_uniform_precisions():
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    trial = study.ask()
-    chosen = suggest_precisions(trial, UNITS[:5], ["int8", "fp16"])
-    assert set(chosen) == set(UNITS[:5]) and set(chosen.values()) <= {"int8", "fp16"}
-    assert set(trial.params) == {f"precision.{u}" for u in UNITS[:5]}
+def test_precision_params_and_uniform_precisions():
+    params = precision_params(UNITS[:5], ["int8", "fp16", "int8"])
+    assert [p.name for p in params] == [f"precision.{u}" for u in UNITS[:5]]
+    assert all(p.search == Categorical(("int8", "fp16")) and p.default == "fp32" for p in params)
+    assert precision_params(UNITS[:1], ["fp32"])[0].search == Categorical(("fp32",))  # asked with one choice too
+    with pytest.raises(UserError):
+        precision_params(UNITS, ["int4"])
+    with pytest.raises(UserError):
+        precision_params(UNITS, [])
     assert uniform_precisions(UNITS[:2], "fp16") == {"model.0": "fp16", "model.1": "fp16"}
     with pytest.raises(UserError):
         uniform_precisions(UNITS, "int4")
+
+
+def test_every_recipe_quantizer_is_registered():
+    assert set(QUANTIZERS) == set(Int8Recipe.choices()["quantizer"])
+    with pytest.raises(UserError, match="ort"):
+        get_quantizer("tflite")
+
+
+@pytest.mark.parametrize("name", sorted(QUANTIZERS))
+def test_quantizer_writes_int8_for_exactly_the_named_nodes(name, fp32, images, tmp_path):
+    """The quantizer contract, for every registered quantizer: only the named nodes become INT8."""
+    if name == "nncf":
+        pytest.importorskip("nncf")
+    graph = onnx.load(str(fp32))
+    nodes = precision_units(graph)["model.2"] + precision_units(graph)["model.4"]
+    calibration = preprocess_images(images[:2], IMGSZ)
+    quantized = get_quantizer(name)(fp32, nodes, calibration, Int8Recipe(quantizer=name), tmp_path)
+    onnx.save(quantized, str(tmp_path / "q.onnx"))
+    kinds = weight_kinds(tmp_path / "q.onnx")
+    int8 = {c for c, kind in kinds.items() if kind == "int8"}
+    assert int8 == {c for c in kinds if c.startswith(("/model.2/", "/model.4/"))}
+    assert {kinds[c] for c in kinds if c not in int8} == {"fp32"}
+    assert run_ort(tmp_path / "q.onnx").shape == (1, 14, 84)
 
 
 def test_bad_requests_are_user_errors(model, images, tmp_path):

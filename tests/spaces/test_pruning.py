@@ -13,17 +13,21 @@ import onnxruntime as ort
 import optuna
 import pytest
 import torch
+import torch_pruning as tp
 from ultralytics.nn.modules.block import C2PSA, C2f
 from ultralytics.nn.tasks import DetectionModel
 
 from evaluators.vocabulary import UserError
+from spaces.importance import CRITERIA, Criterion, get_criterion
+from spaces.params import Params
 from spaces.pruning import (
     MAX_RATIO,
+    RATIO_RANGE,
     PruningUnit,
     apply_pruning,
     kept_channels,
     pruning_units,
-    suggest_ratios,
+    ratio_params,
     uniform_ratios,
 )
 from spaces.yolo_blocks import C2fSplit, C2PSASplit, replace_split_blocks
@@ -233,21 +237,46 @@ def test_a_non_detection_model_is_a_user_error():
         pruning_units(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)))
 
 
-def test_suggest_ratios_in_an_optuna_study(base, units):
+def test_ratio_params_in_an_optuna_study(base, units):
     study = optuna.create_study()
     head = units[-1].name
     ranges = {"model.0": (0.0, 0.0), head: (0.1, 0.3, 0.1)}
+    params = Params(ratio_params(units, (0.0, 0.5, 0.25), ranges))
     for _ in range(3):
         trial = study.ask()
-        ratios = suggest_ratios(trial, units, high=0.5, step=0.25, ranges=ranges)
-        assert set(trial.params) == {f"prune.{u.name}" for u in units}
+        values = params.sample(trial)
+        ratios = {name.removeprefix("prune."): ratio for name, ratio in values.items()}
+        assert list(trial.params) == [f"prune.{u.name}" for u in units]
         assert ratios["model.0"] == 0.0 and round(ratios[head], 6) in (0.1, 0.2, 0.3)
         assert all(ratios[u.name] in (0.0, 0.25, 0.5) for u in units if u.name not in ranges)
         study.tell(trial, apply_pruning(base, ratios, imgsz=IMGSZ).macs)
+    assert all(p.default == 0.0 for p in params)  # a unit a policy leaves out is not pruned
     with pytest.raises(UserError):
-        suggest_ratios(study.ask(), units, high=MAX_RATIO)
+        ratio_params(units, (0.0, MAX_RATIO, 0.05))
     with pytest.raises(UserError):
-        suggest_ratios(study.ask(), units, ranges={"model.99": (0.0, 0.1)})
+        ratio_params(units, RATIO_RANGE, {"model.99": (0.0, 0.1)})
+
+
+def test_importance_registry():
+    assert set(CRITERIA) == {"magnitude", "lamp", "taylor"}
+    assert {name for name, c in CRITERIA.items() if c.needs_gradients} == {"taylor"}
+    assert all(isinstance(c.make(), tp.importance.Importance) for c in CRITERIA.values())
+    assert get_criterion("lamp") is CRITERIA["lamp"] and get_criterion(CRITERIA["taylor"]) is CRITERIA["taylor"]
+    with pytest.raises(UserError, match="magnitude"):
+        get_criterion("random")
+
+
+def test_a_criterion_object_prunes_like_its_name(base, units):
+    ratios = uniform_ratios(units, 0.5)
+    by_name = apply_pruning(base, ratios, imgsz=IMGSZ, importance="taylor").model.state_dict()
+    by_entry = apply_pruning(base, ratios, imgsz=IMGSZ, importance=CRITERIA["taylor"]).model.state_dict()
+    assert by_name.keys() == by_entry.keys() and all(torch.equal(by_name[k], by_entry[k]) for k in by_name)
+    # A criterion outside the registry is one small object; L1 keeps other channels than L2 here.
+    l1 = Criterion("l1", lambda: tp.importance.GroupMagnitudeImportance(p=1), False, "L1 norm of the weights")
+    result = apply_pruning(base, ratios, imgsz=IMGSZ, importance=l1)
+    l2 = apply_pruning(base, ratios, imgsz=IMGSZ)
+    assert result.channels == l2.channels
+    assert any(not torch.equal(v, l2.model.state_dict()[k]) for k, v in result.model.state_dict().items())
 
 
 def test_kept_channels_round_to_the_nearest_multiple():

@@ -1,0 +1,39 @@
+"""INT8 with NNCF's ONNX post-training quantizer, every node not to quantize in its ignored scope.
+
+NNCF writes Q/DQ only (`Int8Recipe` rejects "qoperator" with it) and picks types and
+calibration itself; of the recipe it reads `symmetric_activations` (its PERFORMANCE preset)
+or not (MIXED). OpenVINO gains from INT8 only in a graph NNCF wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from evaluators.vocabulary import Int8Recipe
+from spaces.onnx_export import INPUT_NAME
+
+
+def quantize(
+    fp32: Path, nodes: Sequence[str], calibration: np.ndarray, recipe: Int8Recipe, workdir: Path
+) -> onnx.ModelProto:
+    """INT8 for `nodes` of the FP32 export `fp32` (see `spaces.quantizers` for the contract)."""
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)  # otherwise one INFO line per ignored node
+
+    graph = onnx.load(str(fp32))
+    wanted = set(nodes)
+    ignored = [n.name for n in graph.graph.node if n.name not in wanted]
+    preset = nncf.QuantizationPreset.PERFORMANCE if recipe.symmetric_activations else nncf.QuantizationPreset.MIXED
+    return nncf.quantize(
+        graph,
+        nncf.Dataset([{INPUT_NAME: calibration[i : i + 1]} for i in range(len(calibration))]),
+        preset=preset,
+        subset_size=len(calibration),
+        ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
+    )

@@ -1,0 +1,51 @@
+"""One toy-size `squeezefit bench` run end to end (minutes: marked slow)."""
+
+import json
+import math
+
+import pytest
+
+from search.bench.points import FP32, RANDOM, SEARCH, UNIFORM, BenchResult, check_targets
+from tests.conftest import REPO, run_cli
+
+SMOKE_BASELINE = REPO / "studies" / "baseline" / "yolo11n-digits.pt"
+
+
+@pytest.mark.slow
+def test_bench_end_to_end_on_the_smoke_config(tmp_path):
+    if not SMOKE_BASELINE.is_file():
+        pytest.fail(f"the committed smoke baseline {SMOKE_BASELINE} is missing; train it with `squeezefit baseline`")
+    out, report = tmp_path / "out", tmp_path / "results" / "bench.md"
+    args = [
+        "bench",
+        "studies/smoke.yaml",
+        "--trials",
+        "7",
+        "--out",
+        str(out),
+        "--storage",
+        f"sqlite:///{tmp_path}/studies.db",
+        "--report",
+        str(report),
+    ]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    bench = BenchResult.from_dict(json.loads(report.with_suffix(".json").read_text()))
+    assert bench.trials == 7 and bench.early_stop and (out / "latency-cache.sqlite").is_file()  # timed in this run
+    assert bench.baseline_latency_ms > 0 and bench.of(FP32)[0].map50_95 == bench.baseline_map
+    uniform = bench.of(UNIFORM)
+    assert len(uniform) == 6 and all(p.status == "complete" and p.seconds > 0 for p in uniform)
+    assert math.isclose(bench.budget_ms, 0.7 * bench.baseline_latency_ms, rel_tol=1e-6)
+    searched, rand = bench.of(SEARCH), bench.of(RANDOM)
+    assert len(searched) == len(rand) == 7
+    refs = lambda points: {(p.label, p.policy_id) for p in points if not p.label.startswith("trial ")}  # noqa: E731
+    assert refs(searched) == refs(rand) and len(refs(searched)) == 6  # the same enqueued references
+    by_id = {p.policy_id: p for p in uniform}
+    for p in searched:
+        if p.policy_id in by_id and p.status == "complete":  # reused, not re-measured
+            assert (p.map50_95, p.latency_ms) == (by_id[p.policy_id].map50_95, by_id[p.policy_id].latency_ms)
+    text = report.read_text()
+    assert "squeezefit bench studies/smoke.yaml --trials 7" in text and "## Targets" in text and "| 0.25·L0 |" in text
+    assert report.with_suffix(".png").stat().st_size > 10_000
+    for target in check_targets(bench):  # the verdicts printed are the ones the results give
+        assert f"{'PASS' if target.passed else 'FAIL'}  {target.name}: {target.detail}" in result.stdout
