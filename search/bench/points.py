@@ -1,4 +1,4 @@
-"""The benchmark: the searched front against uniform compression and random search, in one run.
+"""What the benchmark compares (the searched front against uniform compression and random search) and how it scores it.
 
 Contenders, all measured in one process on one device with the same fine-tune budget
 (the config's epochs, train/val fidelity and seed):
