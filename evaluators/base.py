@@ -178,6 +178,78 @@ class LatencyMeasurement:
 _STAT_FIELDS = frozenset(f.name for f in fields(TimingStats))
 
 
+@dataclass(frozen=True)
+class PairedMeasurement:
+    """A candidate timed against a reference side by side (`evaluators.paired`): their ratio is the number.
+
+    ratio: median(candidate) / median(reference) over the alternated rounds; ratio_low /
+        ratio_high: its bootstrap 95% interval. Below 1: the candidate is faster.
+    stats: the candidate's own statistics in that session (p50_ms, p90_ms, ... readable
+        here too: `m.p50_ms`); reference_p50_ms: the reference's median in the same window.
+    host_drift: how far the reference itself moved during the session (last fifth's median
+        / first fifth's - 1), i.e. how much a single-artifact number would have been off.
+    reference_structure: `structure_hash` of the reference; part of the cache key.
+    `latency_ms(l0)` = ratio x l0: the candidate's latency on the scale where the reference
+    takes `l0` ms (a study fixes l0 once, so its trials stay comparable).
+    `to_dict()` is flat: ratio fields, the candidate's statistics, reference_p50_ms,
+    host_drift, reference_structure, peak_memory_mb, device, fingerprint, cached, fingerprint_hash.
+    """
+
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+    stats: TimingStats
+    reference_p50_ms: float
+    host_drift: float
+    reference_structure: str
+    peak_memory_mb: float
+    device: str
+    fingerprint: Fingerprint
+    cached: bool = False
+
+    def __getattr__(self, name: str):
+        if name in _STAT_FIELDS:
+            return getattr(self.stats, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def latency_ms(self, reference_ms: float) -> float:
+        """The candidate's latency when the reference takes `reference_ms` ms."""
+        return self.ratio * reference_ms
+
+    def to_dict(self) -> dict:
+        return {
+            "ratio": self.ratio,
+            "ratio_low": self.ratio_low,
+            "ratio_high": self.ratio_high,
+            **asdict(self.stats),
+            "reference_p50_ms": self.reference_p50_ms,
+            "host_drift": self.host_drift,
+            "reference_structure": self.reference_structure,
+            "peak_memory_mb": self.peak_memory_mb,
+            "device": self.device,
+            "fingerprint": self.fingerprint.to_dict(),
+            "cached": self.cached,
+            "fingerprint_hash": self.fingerprint.hash,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PairedMeasurement:
+        fp = data["fingerprint"]
+        return cls(
+            ratio=data["ratio"],
+            ratio_low=data["ratio_low"],
+            ratio_high=data["ratio_high"],
+            stats=TimingStats(**{k: data[k] for k in _STAT_FIELDS if k in data}),
+            reference_p50_ms=data["reference_p50_ms"],
+            host_drift=data["host_drift"],
+            reference_structure=data["reference_structure"],
+            peak_memory_mb=data["peak_memory_mb"],
+            device=data["device"],
+            fingerprint=fp if isinstance(fp, Fingerprint) else Fingerprint.from_dict(fp),
+            cached=bool(data.get("cached", False)),
+        )
+
+
 class Device(ABC):
     """A runtime on a piece of hardware with fixed settings; see the module docstring.
 
@@ -220,9 +292,7 @@ class Device(ABC):
         settings = settings or TimingSettings()
         path = Path(artifact_path)
         model = check_artifact(path)
-        if self._cache_arg is None:
-            self._cache_arg = LatencyCache()
-        cache = self._cache_arg if self._cache_arg is not False else None
+        cache = self._cache()
         with self._serial:
             fingerprint = self.fingerprint()
             key = (structure_hash(model), fingerprint.hash, settings.key())
@@ -235,8 +305,77 @@ class Device(ABC):
                 cache.put(*key, result.to_dict())
             return result
 
+    def measure_paired(
+        self,
+        artifact_path: str | os.PathLike,
+        reference_path: str | os.PathLike,
+        *,
+        settings: TimingSettings | None = None,
+    ) -> PairedMeasurement:
+        """The artifact timed against `reference_path` side by side (`evaluators.paired`), from the cache when known.
+
+        The cache key is (structure, reference structure, fingerprint, settings). Raises
+        `UserError` for a missing or invalid file, or two files whose inputs differ.
+        """
+        settings = settings or TimingSettings()
+        candidate, reference = Path(artifact_path), Path(reference_path)
+        model, ref_model = check_artifact(candidate), check_artifact(reference)
+        inputs, ref_inputs = synthetic_inputs(model), synthetic_inputs(ref_model)
+        _check_same_inputs(candidate, inputs, reference, ref_inputs)
+        structure, ref_structure = structure_hash(model), structure_hash(ref_model)
+        del model, ref_model
+        cache = self._cache()
+        with self._serial:
+            key = (structure, self.fingerprint().hash, f"{settings.key()}:vs:{ref_structure}")
+            if cache is not None and (hit := cache.get(*key)) is not None:
+                return PairedMeasurement.from_dict(hit)
+            result = self._measure_together([reference, candidate], settings, inputs)[1]
+            if cache is not None:
+                cache.put(*key, result.to_dict())
+            return result
+
+    def measure_together(
+        self, paths: list[str | os.PathLike], *, settings: TimingSettings | None = None
+    ) -> list[PairedMeasurement]:
+        """Time all `paths` in one round-robin session; each against the first (whose ratio is 1). Never cached.
+
+        Used where several latencies must share one moment of the host (a front re-timed
+        with its baseline). Raises `UserError` for a missing or invalid file, or inputs that differ.
+        """
+        settings = settings or TimingSettings()
+        paths = [Path(p) for p in paths]
+        if not paths:
+            return []
+        inputs = None
+        for path in paths:
+            mine = synthetic_inputs(check_artifact(path))
+            if inputs is None:
+                inputs = mine
+            _check_same_inputs(path, mine, paths[0], inputs)
+        with self._serial:
+            return self._measure_together(paths, settings, inputs)
+
+    def _measure_together(self, paths: list[Path], settings: TimingSettings, inputs: dict) -> list[PairedMeasurement]:
+        """Time checked artifacts (same inputs) in one alternating session; element i is paths[i] vs paths[0]."""
+        raise UserError(f"device {self.name} cannot time artifacts side by side.")
+
+    def _cache(self) -> LatencyCache | None:
+        if self._cache_arg is None:
+            self._cache_arg = LatencyCache()
+        return self._cache_arg if self._cache_arg is not False else None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+def _check_same_inputs(path: Path, inputs: dict, reference: Path, ref_inputs: dict) -> None:
+    shapes = {k: v.shape for k, v in inputs.items()}
+    ref_shapes = {k: v.shape for k, v in ref_inputs.items()}
+    if shapes != ref_shapes:
+        raise UserError(
+            f"{path} takes inputs {shapes} but the reference {reference} takes {ref_shapes}; "
+            "compare artifacts of the same input shape."
+        )
 
 
 def _digest(canonical: str) -> str:

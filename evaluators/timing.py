@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluators.base import Device, Fingerprint, LatencyMeasurement, TimingSettings, TimingStats
+from evaluators.artifact import check_artifact, structure_hash
+from evaluators.base import Device, Fingerprint, LatencyMeasurement, PairedMeasurement, TimingSettings, TimingStats
 from evaluators.host_lock import device_lock
 from evaluators.memory import MemoryWatch
 
@@ -49,12 +50,17 @@ def run_protocol(timed_run: Callable[[], float], settings: TimingSettings) -> Ti
     gc.collect()
     gc.disable()
     try:
-        warmup_runs = _warm_up(timed_run, settings)
+        warmup_runs = warm_up(timed_run, settings)
         times = _timed_runs(timed_run, settings)
         sustained = _sustain(timed_run, settings.sustained_seconds) if settings.sustained_seconds > 0 else {}
     finally:
         if gc_was_enabled:
             gc.enable()
+    return summarize(times, warmup_runs=warmup_runs, **sustained)
+
+
+def summarize(times: list[float], *, warmup_runs: int, **sustained) -> TimingStats:
+    """TimingStats of timed runs (ms): p50, p90, IQR, mean, count."""
     q25, p50, q75, p90 = np.percentile(times, [25, 50, 75, 90])
     return TimingStats(
         p50_ms=float(p50),
@@ -67,7 +73,8 @@ def run_protocol(timed_run: Callable[[], float], settings: TimingSettings) -> Ti
     )
 
 
-def _warm_up(timed_run: Callable[[], float], s: TimingSettings) -> int:
+def warm_up(timed_run: Callable[[], float], s: TimingSettings) -> int:
+    """Run `timed_run` until its window medians settle (step 3 of the protocol); returns the runs spent."""
     times: list[float] = []
     deadline = time.monotonic() + s.warmup_max_seconds
     while len(times) < s.warmup_max_runs and time.monotonic() < deadline:
@@ -143,3 +150,34 @@ class LocalDevice(Device):
         return measure_locally(
             self.host, lambda: self.open(artifact_path, inputs), settings, self.name, self.fingerprint()
         )
+
+    def _measure_together(self, paths: list[Path], settings: TimingSettings, inputs: dict) -> list[PairedMeasurement]:
+        from evaluators.paired import host_drift, ratio_interval, run_alternating
+
+        with device_lock(self.host), MemoryWatch() as memory:
+            clocks = [self.open(path, inputs) for path in paths]
+            times = run_alternating(clocks, settings)
+            del clocks
+        reference = times[0]
+        ref_p50 = float(np.median(reference))
+        drift = host_drift(reference)
+        ref_structure = structure_hash(check_artifact(paths[0]))
+        fingerprint = self.fingerprint()
+        results = []
+        for mine in times:
+            ratio, low, high = ratio_interval(mine, reference)
+            results.append(
+                PairedMeasurement(
+                    ratio=ratio,
+                    ratio_low=low,
+                    ratio_high=high,
+                    stats=summarize(mine, warmup_runs=0),
+                    reference_p50_ms=ref_p50,
+                    host_drift=drift,
+                    reference_structure=ref_structure,
+                    peak_memory_mb=round(memory.peak_mb, 3),
+                    device=self.name,
+                    fingerprint=fingerprint,
+                )
+            )
+        return results
