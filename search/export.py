@@ -4,11 +4,19 @@ A bundle directory holds `policy.yaml` (re-appliable with `squeezefit` or the sp
 `model.pt` (the fine-tuned pruned module, whole-module pickle; load with
 `torch.load(..., weights_only=False)` with squeezefit installed), `model.onnx` (the
 artifact that was timed and scored; `ultralytics.YOLO("model.onnx")` validates and predicts
-it as is) and `card.md`, which says what was measured, where, and with which versions.
+it as is), `baseline-fp32.onnx` (the study's reference, so the speedup can be checked:
+`squeezefit measure model.onnx --reference baseline-fp32.onnx --device D`), `card.md`,
+which says what was measured, where, and with which versions, and `card.json`, the same
+figures for a program.
+
+The speedup on the card comes from a session in which the front, the chosen trial and the
+baseline were re-timed together at export time (`search.front_timing`), not from numbers
+taken minutes apart.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -16,6 +24,7 @@ import yaml
 
 from evaluators.vocabulary import UserError
 from search.front import best_under, trials_table
+from search.front_timing import describe_session, reference_artifact, time_front
 from search.study import study_record
 from spaces.policy import Policy
 
@@ -40,7 +49,10 @@ def choose_trial(study, *, budget_ms: float | None = None, trial: int | None = N
 
 
 def export_bundle(study, out: Path, *, budget_ms: float | None = None, trial: int | None = None) -> Path:
-    """Write the bundle of the chosen trial into `out` (created; existing bundle files are replaced)."""
+    """Write the bundle of the chosen trial into `out` (created; existing bundle files are replaced).
+
+    Re-times the front with the chosen trial and the baseline in one session first (seconds).
+    """
     if (budget_ms is None) == (trial is None):
         raise UserError("give exactly one of --budget-ms and --trial.")
     row = choose_trial(study, budget_ms=budget_ms, trial=trial)
@@ -50,31 +62,69 @@ def export_bundle(study, out: Path, *, budget_ms: float | None = None, trial: in
             raise UserError(
                 f"trial {int(row['trial'])}'s {key} file {attrs.get(key)!r} is gone; re-run the study to rebuild it."
             )
+    number = int(row["trial"])
+    session = time_front(study, also=[number])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     policy = Policy.from_dict(attrs["policy"])
     policy.to_yaml(out / "policy.yaml")
     shutil.copyfile(attrs["artifact"], out / "model.onnx")
     shutil.copyfile(attrs["weights"], out / "model.pt")
-    (out / "card.md").write_text(_card(study, int(row["trial"]), attrs, policy))
+    shutil.copyfile(reference_artifact(study_record(study)), out / "baseline-fp32.onnx")
+    figures = card_figures(study, number, attrs, session)
+    (out / "card.json").write_text(json.dumps(figures, indent=1))
+    (out / "card.md").write_text(_card(study, number, attrs, policy, figures, session))
     return out
 
 
-def _card(study, number: int, attrs: dict, policy: Policy) -> str:
+def card_figures(study, number: int, attrs: dict, session: dict) -> dict:
+    """What the card states, as data: scores, the latency on the study's scale, and the speedup from `session`."""
+    record = study_record(study)
+    together = session["members"][str(number)]
+    return {
+        "study": study.study_name,
+        "trial": number,
+        "policy_id": attrs["policy_id"],
+        "device": record["device"],
+        "map50_95": attrs["map50_95"],
+        "map50": attrs["map50"],
+        "latency_ms": attrs["latency_ms"],
+        "baseline_latency_ms": record["baseline_latency_ms"],
+        "budget_ms": record["budget_ms"],
+        "speedup": together["speedup"],
+        "speedup_low": together["speedup_low"],
+        "speedup_high": together["speedup_high"],
+        "p50_ms_together": together["p50_ms"],
+        "baseline_p50_ms_together": session["baseline_p50_ms"],
+        "timed_together_at": session["when"],
+        "fingerprint_hash": session["fingerprint_hash"],
+    }
+
+
+def _card(study, number: int, attrs: dict, policy: Policy, figures: dict, session: dict) -> str:
     import onnxruntime
     import torch
     import ultralytics
 
     record = study_record(study)
     base = record["baseline_latency_ms"]
+    speedup = (
+        f"**{figures['speedup']:.2f}x** faster than the baseline FP32 (95% interval "
+        f"{figures['speedup_low']:.2f}-{figures['speedup_high']:.2f}): p50 {figures['p50_ms_together']:.2f} ms vs "
+        f"{figures['baseline_p50_ms_together']:.2f} ms, {describe_session(session)}"
+    )
     lines = [
         f"# {study.study_name} — trial {number} (policy {policy.policy_id})",
         "",
         f"- mAP50-95 **{attrs['map50_95']:.4f}**, mAP50 {attrs['map50']:.4f} — measured on `model.onnx` ({record['data_yaml']}, val split"
         + (f", first {record['config']['val_images']} images" if record["config"].get("val_images") else "")
         + ")",
-        f"- latency p50 **{attrs['latency_ms']:.2f} ms**, p90 {attrs['latency_p90_ms']:.2f} ms on `{record['device']}` "
-        f"(baseline FP32 {base:.2f} ms: {base / attrs['latency_ms']:.2f}x faster; budget {record['budget_ms']:.2f} ms)",
+        f"- speed on `{record['device']}`: {speedup}",
+        "- reproduce: `squeezefit measure model.onnx --reference baseline-fp32.onnx "
+        f"--device {record['device']} --no-cache`",
+        f"- on the study's scale: p50 **{attrs['latency_ms']:.2f} ms**, p90 {attrs['latency_p90_ms']:.2f} ms "
+        f"(ratio to the baseline timed side by side during the search, times its L0 {base:.2f} ms; "
+        f"budget {record['budget_ms']:.2f} ms)",
         f"- size {attrs['size_mb']:.2f} MB, {attrs['params']:,} parameters, {attrs['macs'] / 1e9:.3f} GMACs at {record['imgsz']} px",
         f"- device fingerprint: `{yaml.safe_dump(attrs['fingerprint'], default_flow_style=True).strip()}`",
         f"- versions: ultralytics {ultralytics.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}",

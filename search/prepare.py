@@ -3,7 +3,11 @@
 `prepare(config)` does the few real measurements a study needs before its first trial:
 the baseline's FP32 artifact is exported and timed on the device (the reference latency
 L0 that `budget_fraction` is relative to), and the most compressed policy the space allows
-is timed too, so an impossible budget is a clear error before any trial runs.
+is timed against it side by side, so an impossible budget is a clear error before any
+trial runs. The baseline's artifact stays the study's reference: every trial is timed
+against it and scaled by L0 (`search.trial.time_artifact`). L0 and the budget are fixed
+when the study is created: `prepare(config, record=...)` of a resumed study takes them
+from its stored record instead of timing the baseline again.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from evaluators.registry import get_device
 from evaluators.vocabulary import UserError
 from search.checkpoint import load_baseline
 from search.study import StudyConfig
-from search.trial import TrialContext, build_screen
+from search.trial import TrialContext, build_screen, time_artifact
 from spaces.importance import get_criterion
 from spaces.onnx_export import export_onnx, precision_units
 from spaces.policy import Policy
@@ -52,6 +56,7 @@ class Prepared:
             "imgsz": ctx.imgsz,
             "device": ctx.device,
             "outdir": ctx.outdir,
+            "reference_artifact": ctx.reference_artifact,
             "pruning_units": [u.name for u in ctx.space.pruning_units],
             "precision_units": list(ctx.space.precision_units),
             "offered": list(ctx.space.offered),
@@ -98,8 +103,12 @@ def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
-    """Resolve everything a study's trials share, with the two reference latencies measured."""
+def prepare(config: StudyConfig, *, name: str | None = None, record: dict | None = None) -> Prepared:
+    """Resolve everything a study's trials share, with the two reference latencies measured.
+
+    record: the stored record of the study being resumed (`Prepared.to_record`); its L0
+    (`baseline_latency_ms`) and `budget_ms` are kept, so a resumed study keeps its scale.
+    """
     get_criterion(config.pruning_importance)  # an unknown name fails before minutes of preparation
     checkpoint = Path(config.model)
     model = load_baseline(checkpoint)
@@ -116,8 +125,11 @@ def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
         ratio_ranges=sensitivity_ranges(config, checkpoint, model),
     )
     timing = TimingSettings(min_seconds=config.latency_min_seconds)
-    baseline_ms = device.measure(reference, settings=timing).p50_ms
-    budget = config.budget_ms or baseline_ms * (config.budget_fraction or 1.0)
+    if record is not None:
+        baseline_ms, budget = record["baseline_latency_ms"], record["budget_ms"]
+    else:
+        baseline_ms = device.measure(reference, settings=timing).p50_ms
+        budget = config.budget_ms or baseline_ms * (config.budget_fraction or 1.0)
     context = TrialContext(
         checkpoint=str(checkpoint.resolve()),
         data_yaml=str(data_yaml),
@@ -133,6 +145,8 @@ def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
         seed=config.seed,
         pruning_importance=config.pruning_importance,
         pruning_round_to=config.pruning_round_to,
+        reference_artifact=str(reference),
+        reference_ms=float(baseline_ms),
     )
     fastest_ms = _fastest_latency(context, device, model)
     if fastest_ms > budget:
@@ -143,7 +157,7 @@ def prepare(config: StudyConfig, *, name: str | None = None) -> Prepared:
 
 
 def _fastest_latency(ctx: TrialContext, device, model) -> float:
-    """p50 (ms) of the fastest corner of the space: every unit at the largest ratio, at each offered precision.
+    """p50 (ms, on the study's scale) of the fastest corner of the space: every unit at the largest ratio, at each offered precision.
 
     Every precision is measured, not assumed: on a small pruned model INT8's Q/DQ overhead
     can make it slower than FP32. The artifacts are the trials' own screen artifacts.
@@ -155,7 +169,7 @@ def _fastest_latency(ctx: TrialContext, device, model) -> float:
         policy = Policy(pruning=ratios, precision=uniform_precisions(space.precision_units, precision))
         path = Path(ctx.outdir) / f"fastest-{precision}.onnx"
         _, _, screen = build_screen(policy, ctx, device.recipe_for(), path, baseline=model)
-        latencies.append(device.measure(screen.path, settings=ctx.timing).p50_ms)
+        latencies.append(time_artifact(device, screen.path, ctx).latency_ms)
     return min(latencies)
 
 

@@ -66,6 +66,44 @@ class TrialContext:
     seed: int = 0
     pruning_importance: str = "magnitude"
     pruning_round_to: int | None = 8
+    reference_artifact: str = ""
+    reference_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrialLatency:
+    """A trial artifact's latency on the study's scale (see `time_artifact`); ms.
+
+    latency_ms / latency_p90_ms: p50 / p90 as the ratio to the reference times L0.
+    timing: the paired measurement behind them — ratio, ratio_low, ratio_high (95%),
+    p50_ms and reference_p50_ms as timed in that session, host_drift, runs, cached.
+    """
+
+    latency_ms: float
+    latency_p90_ms: float
+    timing: dict
+
+
+def time_artifact(device, path: Path, ctx: TrialContext) -> TrialLatency:
+    """Time `path` against the study's reference artifact side by side on `device`; scale by L0.
+
+    Latencies of a study are all `ratio x ctx.reference_ms` (L0, the reference's p50 fixed
+    when the study was created), so trials timed an hour apart on a drifting host stay
+    comparable: the host's speed cancels in the ratio.
+    """
+    m = device.measure_paired(path, ctx.reference_artifact, settings=ctx.timing)
+    scale = ctx.reference_ms / m.reference_p50_ms
+    timing = {
+        "ratio": m.ratio,
+        "ratio_low": m.ratio_low,
+        "ratio_high": m.ratio_high,
+        "p50_ms": m.p50_ms,
+        "reference_p50_ms": m.reference_p50_ms,
+        "host_drift": m.host_drift,
+        "runs": m.runs,
+        "cached": m.cached,
+    }
+    return TrialLatency(m.latency_ms(ctx.reference_ms), m.p90_ms * scale, timing)
 
 
 def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Path, baseline=None):
@@ -122,7 +160,7 @@ def evaluate_policy(
     recipe = device.recipe_for(policy.recipe)
     pruned, names, screen = build_screen(policy, ctx, recipe, out / "screen.onnx")
     watch.lap("screen")
-    latency = device.measure(screen.path, settings=ctx.timing)
+    latency = time_artifact(device, screen.path, ctx)
     watch.lap("latency")
     common = dict(
         policy_id=policy.policy_id,
@@ -132,11 +170,16 @@ def evaluate_policy(
         fingerprint=device.fingerprint().to_dict(),
         seconds=watch.seconds,  # later laps land here too
     )
-    screened = dict(latency_ms=latency.p50_ms, latency_p90_ms=latency.p90_ms, size_mb=size_mb(screen.path))
-    if latency.p50_ms > ctx.budget_ms:
+    screened = dict(
+        latency_ms=latency.latency_ms,
+        latency_p90_ms=latency.latency_p90_ms,
+        timing=latency.timing,
+        size_mb=size_mb(screen.path),
+    )
+    if latency.latency_ms > ctx.budget_ms:
         acc = _validate(screen.path, ctx, device.accuracy_runtime, out)
         watch.lap("validate")
-        reason = f"{_over_budget(latency.p50_ms, ctx.budget_ms)}; no fine-tuning spent"
+        reason = f"{_over_budget(latency.latency_ms, ctx.budget_ms)}; no fine-tuning spent"
         result = TrialResult(
             status="infeasible",
             **common,
@@ -149,7 +192,7 @@ def evaluate_policy(
         return save_result(result, done)
 
     def on_epoch(epoch: int, value: float) -> bool:
-        return bool(should_stop and should_stop(epoch, value, latency.p50_ms))
+        return bool(should_stop and should_stop(epoch, value, latency.latency_ms))
 
     data_yaml = subset_data_yaml(Path(ctx.data_yaml), "train", ctx.train_images, out)
     data_yaml = subset_data_yaml(data_yaml, "val", ctx.val_images, out)
@@ -173,15 +216,16 @@ def evaluate_policy(
     tuned.model.names = names
     torch.save(tuned.model, weights)
     artifact = build_deployed(tuned.model, policy, ctx, recipe, out / "model.onnx")
-    final = device.measure(artifact, settings=ctx.timing)  # same structure: a cache hit, checked rather than assumed
+    final = time_artifact(device, artifact, ctx)  # same structure: a cache hit, checked rather than assumed
     watch.lap("artifact")
     acc = _validate(artifact, ctx, device.accuracy_runtime, out)
     watch.lap("validate")
     result = TrialResult(
         status="complete",
         **common,
-        latency_ms=final.p50_ms,
-        latency_p90_ms=final.p90_ms,
+        latency_ms=final.latency_ms,
+        latency_p90_ms=final.latency_p90_ms,
+        timing=final.timing,
         size_mb=size_mb(artifact),
         map50_95=acc.map50_95,
         map50=acc.map50,

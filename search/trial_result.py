@@ -21,8 +21,11 @@ class TrialResult:
 
     status: "complete" (fine-tuned and scored), "infeasible" (over the
     budget: the untuned screen artifact's scores) or "pruned" (fine-tune stopped early).
-    mAPs in [0, 1] on the deployed artifact; latency in ms (p50 / p90 of the device); size
-    in MB; macs per image and params as plain counts; seconds: wall seconds per step.
+    mAPs in [0, 1] on the deployed artifact; latency in ms (p50 / p90 on the study's scale:
+    the ratio to the study's reference artifact, timed side by side, times its L0; see
+    `search.trial.time_artifact`); timing: that paired measurement (ratio with its 95%
+    interval, raw p50s, host drift, runs); size in MB; macs per image and params as plain
+    counts; seconds: wall seconds per step.
     """
 
     status: str
@@ -41,6 +44,7 @@ class TrialResult:
     artifact: str = ""
     weights: str = ""
     seconds: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -17,13 +17,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--csv", type=Path, help="also write the table to this CSV file")
     parser.add_argument("--plot", type=Path, help="write the plot to this PNG (an .html beside it is interactive)")
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="time the front's members and the baseline together now, on the study's device, and show their speedups",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from search.front import pareto_front, plot_front, trials_table
+    from search.front_timing import front_text, time_front
     from search.study import load_study, study_record
 
     study = load_study(args.study, storage_url(args))
+    if args.retime:
+        time_front(study)
     budget = study_record(study)["budget_ms"]
     table = trials_table(study)
     shown = table if args.all else pareto_front(table)
@@ -37,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"study {args.study!r}: {len(table)} finished trials, {int(table['feasible'].sum())} feasible, budget {budget:.2f} ms"
         )
-        cols = ["trial", "status", "map50_95", "latency_ms", "size_mb", "policy_id", "reference"]
-        print(shown[cols].to_string(index=False) if not shown.empty else "  (no feasible trial)")
+        if args.all:
+            cols = ["trial", "status", "map50_95", "latency_ms", "size_mb", "policy_id", "reference"]
+            print(shown[cols].to_string(index=False) if not shown.empty else "  (no feasible trial)")
+        else:
+            print(front_text(study, shown))
     return 0

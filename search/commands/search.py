@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from search.export import export_bundle
     from search.front import pareto_front, plot_front, trials_table
+    from search.front_timing import front_text
     from search.prepare import prepare
-    from search.study import StudyConfig, load_study
+    from search.study import StudyConfig, load_study, study_record
     from search.tuner import check_can_start, run_search
 
     config = StudyConfig.from_yaml(args.config, **config_overrides(args))
@@ -47,26 +48,23 @@ def run(args: argparse.Namespace) -> int:
         config = replace(
             config, budget_fraction=None
         )  # an absolute budget on the command line replaces the file's rule
-    check_can_start(config.name, config.storage_url, resume=args.resume)  # before minutes of preparation
-    prepared = prepare(config)
+    exists = check_can_start(config.name, config.storage_url, resume=args.resume)  # before minutes of preparation
+    record = study_record(load_study(config.name, config.storage_url)) if exists else None
+    prepared = prepare(config, record=record)  # a resumed study keeps its L0 and budget
     outcome = run_search(config, prepared, name=config.name, resume=args.resume, early_stop=not args.no_early_stop)
     study = load_study(config.name, config.storage_url)
     table = trials_table(study)
     front = pareto_front(table)
+    out = args.out or Path("out") / config.name
+    bundle = export_bundle(study, out / "best", budget_ms=outcome.budget_ms) if not front.empty else None
     print(
         f"\nstudy {config.name!r}: {len(table)} finished trials in {outcome.seconds / 60:.1f} min; Pareto front (budget {outcome.budget_ms:.2f} ms):"
     )
-    print(
-        front[["trial", "map50_95", "latency_ms", "size_mb", "policy_id", "reference"]].to_string(index=False)
-        if not front.empty
-        else "  (empty)"
-    )
-    out = args.out or Path("out") / config.name
+    print(front_text(study, front))
     png = plot_front(
         table, outcome.budget_ms, out / "front.png", title=f"{config.name} on {config.device}", html=out / "front.html"
     )
     print(f"front plot: {png}")
-    if not front.empty:
-        bundle = export_bundle(study, out / "best", budget_ms=outcome.budget_ms)
+    if bundle is not None:
         print(f"best policy under the budget exported to {bundle}")
     return 0

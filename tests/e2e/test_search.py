@@ -97,9 +97,25 @@ def test_export_bundle_validates_and_reproduces(smoke_study, tmp_path):
         )
         == 0
     )
-    assert {p.name for p in out.iterdir()} >= {"policy.yaml", "model.onnx", "model.pt", "card.md"}
+    assert {p.name for p in out.iterdir()} >= {
+        "policy.yaml",
+        "model.onnx",
+        "model.pt",
+        "card.md",
+        "card.json",
+        "baseline-fp32.onnx",
+    }
     card = (out / "card.md").read_text()
     assert "mAP50-95" in card and "p50" in card and record["device"] in card
+    # The speedup on the card comes from the session that re-timed the front with the baseline at export.
+    figures = json.loads((out / "card.json").read_text())
+    session = load_study(smoke_study.name, smoke_study.storage).user_attrs["front_timing"]
+    together = session["members"][str(figures["trial"])]
+    assert figures["speedup"] == together["speedup"] and figures["speedup_low"] <= figures["speedup"]
+    assert figures["speedup"] <= figures["speedup_high"] and f"**{figures['speedup']:.2f}x** faster" in card
+    assert "one round-robin session" in card and "--reference baseline-fp32.onnx" in card
+    front_trials = set(pareto_front(trials_table(study))["trial"].astype(int).astype(str))
+    assert front_trials | {str(figures["trial"])} == set(session["members"])
 
     # The bundle's model is the artifact whose mAP the trial measured: Ultralytics' own
     # validator on the same images gives the same number.

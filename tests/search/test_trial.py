@@ -16,10 +16,19 @@ from ultralytics.nn.tasks import DetectionModel
 
 from evaluators.accuracy import measure_accuracy
 from evaluators.base import TimingSettings
+from evaluators.registry import get_device
 from evaluators.vocabulary import Int8Recipe
 from search.embedded.data import DatasetSpec, generate_dataset
-from search.trial import TrialContext, build_deployed, build_screen, evaluate_policy, remeasure_policy
+from search.trial import (
+    TrialContext,
+    build_deployed,
+    build_screen,
+    evaluate_policy,
+    remeasure_policy,
+    time_artifact,
+)
 from search.trial_result import Stopwatch, TrialResult
+from spaces.onnx_export import export_onnx
 from spaces.policy import Policy
 from spaces.pruning import apply_pruning
 from spaces.space import SearchSpace
@@ -27,6 +36,7 @@ from spaces.space import SearchSpace
 IMGSZ = 64
 RATIOS = {"model.2": 0.5, "model.4": 0.3}
 FAST_TIMING = TimingSettings(warmup_min_runs=1, warmup_max_runs=2, min_runs=3, min_seconds=0.0, max_runs=3)
+REFERENCE_MS = 5.0  # L0 of the tests' study scale
 SOURCE_MAP = (0.1234, 0.5678)  # no validation of an untrained model scores these: a reused mAP is recognisable
 
 
@@ -50,6 +60,7 @@ def data_yaml(tmp_path_factory) -> Path:
 def checkpoint(model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     torch.save({"model": model}, path)  # the layout Ultralytics' load_checkpoint reads
+    export_onnx(model, path.parent / "baseline-fp32.onnx", imgsz=IMGSZ, names=model.names)  # the study's reference
     return path
 
 
@@ -66,6 +77,8 @@ def _context(checkpoint, data_yaml, outdir, **options) -> TrialContext:
         "outdir": str(outdir),
         "timing": FAST_TIMING,
         "val_images": 4,
+        "reference_artifact": str(Path(checkpoint).parent / "baseline-fp32.onnx"),
+        "reference_ms": REFERENCE_MS,
     }
     return TrialContext(**{**settings, **options})
 
@@ -96,6 +109,19 @@ def test_round_to_changes_what_is_kept(checkpoint, data_yaml, tmp_path):
         pruned, _, _ = build_screen(Policy(pruning=RATIOS), ctx, Int8Recipe(), tmp_path / f"s{round_to}.onnx")
         kept[round_to] = pruned.channels
     assert all(c % 8 == 0 for c in kept[8].values()) and kept[8] != kept[1]
+
+
+def test_trial_latency_is_the_ratio_to_the_reference_times_l0(checkpoint, data_yaml, tmp_path):
+    ctx = _context(checkpoint, data_yaml, tmp_path)
+    _, _, screen = build_screen(Policy(pruning=RATIOS), ctx, Int8Recipe(), tmp_path / "screen.onnx")
+    latency = time_artifact(get_device("ort-cpu"), screen.path, ctx)
+    t = latency.timing
+    assert latency.latency_ms == pytest.approx(t["ratio"] * REFERENCE_MS)
+    assert t["ratio"] == pytest.approx(t["p50_ms"] / t["reference_p50_ms"])
+    assert t["ratio_low"] <= t["ratio"] <= t["ratio_high"] and t["runs"] >= FAST_TIMING.min_runs
+    assert latency.latency_p90_ms >= latency.latency_ms and not t["cached"]
+    again = time_artifact(get_device("ort-cpu"), screen.path, ctx)  # same structure and reference: the cache
+    assert again.timing["cached"] and again.latency_ms == latency.latency_ms
 
 
 @pytest.fixture(scope="module")
