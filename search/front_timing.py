@@ -27,7 +27,15 @@ from search.study import study_record
 
 FRONT_TIMING_ATTR = "front_timing"
 # Each round runs every member once; the floors are per round (see `evaluators.paired`).
-TOGETHER_TIMING = TimingSettings(min_runs=50, min_seconds=6.0)
+# The session lasts this many times the study's `latency_min_seconds`.
+SESSION_SECONDS_FACTOR = 3.0
+SESSION_MIN_ROUNDS = 50
+
+
+def session_settings(record: dict) -> TimingSettings:
+    """The floors of a together-session for the study of `record`: 50 rounds and 3x its latency floor."""
+    seconds = record["config"].get("latency_min_seconds", 2.0) * SESSION_SECONDS_FACTOR
+    return TimingSettings(min_runs=SESSION_MIN_ROUNDS, min_seconds=seconds)
 
 
 def reference_artifact(record: dict) -> Path:
@@ -38,9 +46,10 @@ def reference_artifact(record: dict) -> Path:
     return path
 
 
-def time_front(study, *, also: Iterable[int] = (), settings: TimingSettings = TOGETHER_TIMING) -> dict:
+def time_front(study, *, also: Iterable[int] = (), settings: TimingSettings | None = None) -> dict:
     """Re-time the study's front (plus trial numbers in `also`) with the baseline in one session; store and return it.
 
+    settings: the session's floors (default `session_settings` of the study).
     Members whose artifact file is gone are left out. Returns the stored session dict (see
     the module docstring); its `members` is empty when nothing could be timed.
     """
@@ -51,7 +60,7 @@ def time_front(study, *, also: Iterable[int] = (), settings: TimingSettings = TO
     members = [n for n in wanted if n in rows.index and Path(rows.loc[n, "artifact"] or "").is_file()]
     device = get_device(record["device"])
     paths = [reference_artifact(record), *(Path(rows.loc[n, "artifact"]) for n in members)]
-    measured = device.measure_together(paths, settings=settings)
+    measured = device.measure_together(paths, settings=settings or session_settings(record))
     baseline = measured[0]
     session = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),

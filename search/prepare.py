@@ -22,7 +22,7 @@ from evaluators.base import TimingSettings
 from evaluators.datasets import split_images
 from evaluators.paths import data_dir, studies_dir
 from evaluators.registry import get_device
-from evaluators.vocabulary import UserError
+from evaluators.vocabulary import PRECISIONS, UserError
 from search.checkpoint import load_baseline
 from search.study import StudyConfig
 from search.trial import TrialContext, build_screen, time_artifact
@@ -120,7 +120,7 @@ def prepare(config: StudyConfig, *, name: str | None = None, record: dict | None
     space = SearchSpace(
         pruning_units=tuple(pruning_units(model)),
         precision_units=tuple(precision_units(reference)),
-        offered=tuple(p for p in ("int8", "fp16", "fp32") if p in device.precisions),
+        offered=tuple(p for p in PRECISIONS if p in device.precisions),
         max_epochs=config.finetune_epochs,
         ratio_ranges=sensitivity_ranges(config, checkpoint, model),
     )

@@ -10,7 +10,8 @@ as COMPLETE with None and fail, see `search.searcher`).
 The study lives in the Optuna storage; every trial carries its policy, scores, device
 fingerprint and the paths of its weights and artifact as user attributes. A stopped
 search resumes from the storage: stale RUNNING trials (a killed process) become FAIL,
-finished ones stay, and only the missing number of trials runs.
+finished ones stay, and only the missing number of trials runs. When the trials are done,
+the front is re-timed with the baseline in one round-robin session (`search.front_timing`).
 """
 
 from __future__ import annotations
@@ -91,6 +92,17 @@ def run_trial(config: dict, ctx: TrialContext, study_name: str, storage_url: str
             "result": json.dumps(result.to_dict()),
         }
     )
+
+
+def _time_front_together(name: str, storage_url: str) -> None:
+    """Re-time the finished study's front with the baseline in one session (`search.front_timing`)."""
+    from search.front import pareto_front, trials_table
+    from search.front_timing import time_front
+
+    study = load_study(name, storage_url)
+    if not pareto_front(trials_table(study)).empty:
+        session = time_front(study)
+        print(f"front re-timed together with the baseline ({session['rounds']} rounds)", flush=True)
 
 
 def _trial_name(trial) -> str:
@@ -200,6 +212,7 @@ def run_search(
     finally:
         ray.shutdown()
         searcher.fail_unfinished()  # interrupted (Ctrl-C): never leave a trial RUNNING
+    _time_front_together(name, storage_url)
     return SearchOutcome(
         name, storage_url, ctx.budget_ms, prepared.baseline_latency_ms, remaining, time.perf_counter() - start
     )

@@ -41,6 +41,7 @@ def test_trials_reach_their_designed_states(smoke_study):
     references = {t.user_attrs.get("reference") for t in trials} - {None}
     assert {"fp32", "all-int8", "prune-0.25-int8", "prune-0.5-int8", "prune-0.75-int8"} <= references
     assert "[trial 7/7]" in smoke_study.stdout and "best policy under the budget exported" in smoke_study.stdout
+    assert "front re-timed together with the baseline" in smoke_study.stdout and "speedup (95%)" in smoke_study.stdout
 
 
 def test_over_budget_policy_spends_no_finetuning(smoke_study):
