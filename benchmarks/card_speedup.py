@@ -3,7 +3,8 @@
 Reads a bundle written by `squeezefit export` (or by a search): `card.json` (the speedup
 the card states, and its device), `model.onnx` and `baseline-fp32.onnx`. Loads both files
 straight into the runtime — no squeezefit code in the timed path — with the device's
-settings (one intra-op thread; for OpenVINO the compile properties the card records), and
+settings (one intra-op thread; for OpenVINO the bundle's IR and the compile properties the
+card records), and
 alternates them run by run for `--seconds`, after a warm-up; the plain speedup is
 median(baseline) / median(model). The card holds when the two agree within 5%.
 
@@ -86,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if kind == "ort-cpu":
         runners = ort_runner(model, threads), ort_runner(baseline, threads)
     elif kind == "openvino-cpu":
+        ir = args.bundle / "model_openvino_model" / "model.xml"  # the IR keeps a bf16 policy's FP32 nodes
         runners = (
-            openvino_runner(model, card["runtime_config"]["model"]),
+            openvino_runner(ir if ir.is_file() else model, card["runtime_config"]["model"]),
             openvino_runner(baseline, card["runtime_config"]["baseline"]),
         )
     else:

@@ -2,7 +2,9 @@
 
 Latency depends on an artifact's structure and precision, not on its trained weights, so
 measurements are keyed by `structure_hash`: an untrained and a fine-tuned artifact of one
-policy share it; a re-pruned or re-quantized one does not.
+policy share it; a re-pruned or re-quantized one does not. How the artifact must execute
+(its `metadata_props` under `EXECUTION_KEYS`, e.g. bf16 inference) is structure too: the
+FP32 and bf16 artifacts of one graph time differently and hash differently.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import json
 import os
 from pathlib import Path
 
-from evaluators.vocabulary import UserError
+from evaluators.vocabulary import FP32_NODES_KEY, INFERENCE_PRECISION_KEY, UserError
+
+# metadata_props that change how a runtime executes the graph (the other metadata doesn't).
+EXECUTION_KEYS = (INFERENCE_PRECISION_KEY, FP32_NODES_KEY)
 
 
 def check_artifact(path: str | os.PathLike):
@@ -65,8 +70,10 @@ def structure_hash(model_or_path) -> str:
 
     Covers opsets, graph inputs/outputs (types and shapes), every node in order (op,
     domain, name, attributes, wiring), initializer types and shapes, and the values of
-    small non-weight constants (shapes, axes, scales of Resize). Tensor names enter only
-    through the wiring, so renaming tensors does not change the hash.
+    small non-weight constants (shapes, axes, scales of Resize), and the execution metadata
+    (`EXECUTION_KEYS`) when the artifact has any, so the hash of an artifact without them is
+    what it always was. Tensor names enter only through the wiring, so renaming tensors does
+    not change the hash.
     """
     import onnx
 
@@ -77,6 +84,8 @@ def structure_hash(model_or_path) -> str:
         "opsets": sorted((o.domain, o.version) for o in model.opset_import),
         "graph": _graph(model.graph, {}),
     }
+    if execution := {p.key: p.value for p in model.metadata_props if p.key in EXECUTION_KEYS}:
+        canonical["execution"] = dict(sorted(execution.items()))
     return hashlib.sha256(json.dumps(canonical, default=str).encode()).hexdigest()[:16]
 
 

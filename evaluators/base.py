@@ -305,6 +305,14 @@ class Device(ABC):
                 cache.put(*key, result.to_dict())
             return result
 
+    def runtime_settings(self, artifact_path: str | os.PathLike) -> dict:
+        """The runtime settings this device runs the artifact with: what a user's own run needs to reproduce it.
+
+        Default: the fingerprint's settings. A device whose settings depend on the artifact
+        (OpenVINO's inference precision) gives that artifact's.
+        """
+        return dict(self.fingerprint().settings)
+
     def measure_paired(
         self,
         artifact_path: str | os.PathLike,
@@ -369,8 +377,9 @@ class Device(ABC):
 
 
 def _check_same_inputs(path: Path, inputs: dict, reference: Path, ref_inputs: dict) -> None:
-    shapes = {k: v.shape for k, v in inputs.items()}
-    ref_shapes = {k: v.shape for k, v in ref_inputs.items()}
+    # The candidate's arrays feed every artifact of the session: names, shapes and types must agree.
+    shapes = {k: f"{v.dtype}{list(v.shape)}" for k, v in inputs.items()}
+    ref_shapes = {k: f"{v.dtype}{list(v.shape)}" for k, v in ref_inputs.items()}
     if shapes != ref_shapes:
         raise UserError(
             f"{path} takes inputs {shapes} but the reference {reference} takes {ref_shapes}; "

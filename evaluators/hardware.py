@@ -40,6 +40,16 @@ def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
     return model or platform.processor() or platform.machine(), frozenset(flags)
 
 
+# x86 features with native bf16 arithmetic (dot products into FP32): AVX512-BF16 and AMX.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (one of BF16_FLAGS); elsewhere bf16 is emulated and slow."""
+    _, flags = cpu_model_and_flags()
+    return any(f in flags for f in BF16_FLAGS)
+
+
 def cpu_description() -> str:
     """CPU model string plus the ISA features that select kernels, e.g. "AMD EPYC (avx2,avx512f)"."""
     model, flags = cpu_model_and_flags()

@@ -2,9 +2,24 @@
 
 Reads the same ONNX artifact as ONNX Runtime, compiles it once per measurement with
 `INFERENCE_NUM_THREADS=threads` (default 1), the LATENCY performance hint, one stream,
-and `INFERENCE_PRECISION_HINT=f32`: without that hint OpenVINO silently runs FP32 graphs
-in bf16 on CPUs with AVX512-BF16/AMX, and the latency would no longer belong to the
-artifact whose accuracy is measured. Then one infer request is timed, inputs set once.
+and the inference precision the artifact asks for (`evaluators.openvino_ir`): f32 unless
+its metadata says bf16, with the nodes it lists kept FP32. The hint is always passed:
+without it OpenVINO silently runs FP32 graphs in bf16 on CPUs with AVX512-BF16/AMX, and
+the latency would no longer belong to the artifact whose accuracy is measured (the
+accuracy runtime compiles with the same properties). Then one infer request is timed,
+inputs set once.
+
+Precisions: fp32 and int8 everywhere; bf16 only where the CPU computes it natively
+(`evaluators.openvino_ir.native_bf16`: AVX512-BF16 or AMX) and OpenVINO's CPU plugin reports
+the BF16 capability. Elsewhere bf16 is emulated, pays nothing, and a bf16 artifact is
+refused. fp16 is not offered: it does not pay on the CPU plugin. An FP16 file is computed in
+f32 (0.997x the FP32 file, timed side by side on an AMD EPYC with AVX512-BF16, where the f16
+hint runs bf16), and on an AMX Xeon the f16 hint ran 0.70x (slower than f32).
+
+INT8 with bf16 (an NNCF graph whose float parts run bf16) compiled on that EPYC; OpenVINO
+2026.4 refused a small NNCF INT8 graph with the bf16 hint on an AMX Xeon ("No suitable
+implementations"). A graph the plugin refuses is a `UserError` naming the precision, so
+the trial fails with that reason; an INT8 artifact without bf16 units compiles at f32.
 
 INT8 pays on OpenVINO only for an NNCF-quantized graph (an ONNX Runtime Q/DQ file ran no
 faster than FP32), so the recipe names quantizer="nncf"; its other fields describe NNCF's
@@ -18,33 +33,42 @@ from pathlib import Path
 
 from evaluators.base import Fingerprint
 from evaluators.hardware import cpu_description
+from evaluators.openvino_ir import Execution, compile_properties, native_bf16, read_model
 from evaluators.registry import parse_count, register_device
 from evaluators.timing import LocalDevice, wall_clock
 from evaluators.vocabulary import Int8Recipe, UserError
 
 
 class OpenVinoCpuDevice(LocalDevice):
-    """OpenVINO's CPU plugin with a fixed thread count."""
+    """OpenVINO's CPU plugin with a fixed thread count; the inference precision is the artifact's."""
 
-    precisions = ("fp32", "fp16", "int8")
     int8_recipe = Int8Recipe(quantizer="nncf", symmetric_activations=True)
     accuracy_runtime = "openvino"
 
     def __init__(self, threads: int = 1, *, cache=None):
         super().__init__("openvino-cpu" if threads == 1 else f"openvino-cpu:{threads}", cache=cache)
         self.threads = threads
+        self.precisions = ("fp32", "bf16", "int8") if native_bf16() else ("fp32", "int8")
         self._fingerprint = None
 
-    def config(self) -> dict:
-        """The compile-time properties; every one is part of the fingerprint."""
-        return {
-            "INFERENCE_NUM_THREADS": self.threads,
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-            "INFERENCE_PRECISION_HINT": "f32",
-        }
+    def config(self, execution: Execution = Execution()) -> dict:
+        """The compile-time properties for an artifact that asks for `execution` (default: FP32)."""
+        return compile_properties(
+            execution, INFERENCE_NUM_THREADS=self.threads, PERFORMANCE_HINT="LATENCY", NUM_STREAMS=1
+        )
+
+    def runtime_settings(self, artifact_path) -> dict:
+        """The CPU plugin's compile properties for this artifact (its own inference precision)."""
+        return self.config(Execution.of(artifact_path))
 
     def fingerprint(self) -> Fingerprint:
+        """Hardware, OpenVINO version and `config()` for an FP32 artifact.
+
+        The inference precision is a per-artifact setting read from the artifact, so an
+        artifact that asks for another one carries it in its own structure hash
+        (`evaluators.artifact.EXECUTION_KEYS`); the fingerprint's "inference_precision_hint"
+        is the one of artifacts that ask for none.
+        """
         if self._fingerprint is None:
             import openvino as ov
 
@@ -52,18 +76,34 @@ class OpenVinoCpuDevice(LocalDevice):
             self._fingerprint = Fingerprint(cpu_description(), "openvino", ov.get_version(), settings)
         return self._fingerprint
 
+    def compile(self, artifact_path: Path, shapes: dict | None = None):
+        """The artifact compiled as this device times it: its execution (`evaluators.openvino_ir`), `config()`.
+
+        shapes: input name -> shape, for artifacts with dynamic inputs. Raises `UserError` when
+        the artifact asks for a precision this CPU lacks or the plugin refuses the graph.
+        """
+        import openvino as ov
+
+        core, execution = ov.Core(), None
+        try:
+            model, execution = read_model(core, artifact_path)
+            execution.check_supported(artifact_path)
+            dynamic = {i.get_any_name(): i.get_partial_shape() for i in model.inputs}
+            if any(shape.is_dynamic for shape in dynamic.values()):
+                model.reshape({name: list(shapes[name]) for name in dynamic})
+            return core.compile_model(model, "CPU", {k: str(v) for k, v in self.config(execution).items()})
+        except RuntimeError as exc:
+            raise UserError(
+                f"OpenVINO cannot compile {artifact_path} at inference precision "
+                f"{execution.inference_precision}: {str(exc).splitlines()[0][:200]}"
+                if execution
+                else f"OpenVINO cannot read {artifact_path}: {str(exc).splitlines()[0][:200]}"
+            ) from None
+
     def open(self, artifact_path: Path, inputs: dict):
         import openvino as ov
 
-        core = ov.Core()
-        try:
-            model = core.read_model(str(artifact_path))
-            dynamic = {i.get_any_name(): i.get_partial_shape() for i in model.inputs}
-            if any(shape.is_dynamic for shape in dynamic.values()):
-                model.reshape({name: list(inputs[name].shape) for name in dynamic})
-            compiled = core.compile_model(model, "CPU", {k: str(v) for k, v in self.config().items()})
-        except RuntimeError as exc:
-            raise UserError(f"OpenVINO cannot compile {artifact_path}: {str(exc).splitlines()[0][:200]}") from None
+        compiled = self.compile(artifact_path, {name: array.shape for name, array in inputs.items()})
         request = compiled.create_infer_request()
         for name, array in inputs.items():
             request.set_tensor(name, ov.Tensor(array))

@@ -3,25 +3,44 @@ the installed onnxruntime has the CUDA / TensorRT execution provider.
 
 ort-cpu runs with `threads` intra-op threads (default 1: a fixed, reproducible setting;
 name the count of the target, e.g. "ort-cpu:4"), one inter-op thread, sequential
-execution and all graph optimizations. Its INT8 recipe is Q/DQ with U8 activations and
-S8 per-channel symmetric weights: on x86 CPUs without VNNI signed S8S8 ran slower than
-FP32, while U8S8 ran faster (see `evaluators.recipe`). FP16 is offered because the
-measurement, not an assumption, decides whether it pays on a CPU (it runs through Casts).
+execution and all graph optimizations.
 
-On the GPU providers a run is one blocking `session.run` with host inputs and outputs
-(copies included); a session that silently fell back to the CPU is refused.
+Its INT8 recipe and its precisions follow the CPU, because ONNX Runtime's kernels do: on
+an AVX2 CPU without VNNI signed S8S8 Q/DQ ran 1.4-1.7x slower than FP32 while U8
+activations with S8 weights ran faster; on an AMX Xeon U8S8 all-INT8 ran 1.21-1.58x faster
+than FP32 and Ultralytics' S8S8 export 0.5x; on x86 ONNX Runtime fuses signed Q/DQ convs
+only where told to (ARM's default), and it runs an FP16 graph through FP32 kernels where
+it has no FP16 ones. So they are measured, not assumed: the first time the device's
+`precisions`, `int8_recipe` or `fingerprint()` are needed, a few-second probe
+(`evaluators.ort_probe`) times INT8 candidates and FP16 against FP32 on a small conv net
+at one thread, under the host's lock, and keeps its report in the state directory for
+later processes (keyed by CPU description and ONNX Runtime version; every thread count
+shares it). The chosen recipe and the offered precisions are part of the fingerprint.
+`OrtDevice(..., precisions=..., int8_recipe=...)` pins them instead (no probe), for tests
+and for targets known in advance.
+
+ort-cuda offers fp32 and fp16 (the CUDA EP has no INT8 kernels); ort-trt adds int8 with
+symmetric signed Q/DQ, which TensorRT reads. On the GPU providers a run is one blocking
+`session.run` with host inputs and outputs (copies included); a session that silently
+fell back to the CPU is refused.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from evaluators.base import Fingerprint
 from evaluators.hardware import cpu_description, gpu_description
+from evaluators.ort_probe import PROBE_THREADS, ProbeReport, cached_probe, run_probe
 from evaluators.registry import parse_count, register_device
 from evaluators.timing import LocalDevice, wall_clock
-from evaluators.vocabulary import Int8Recipe, UserError
+from evaluators.vocabulary import PRECISIONS, Int8Recipe, UserError
+
+# What ONNX Runtime runs as written in the file (no bf16 execution mode), in `PRECISIONS` order.
+_RUNS = tuple(p for p in PRECISIONS if p in ("int8", "fp16", "fp32"))
 
 _PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
@@ -31,27 +50,75 @@ _PROVIDERS = {
 
 
 class OrtDevice(LocalDevice):
-    """One ONNX Runtime execution provider with fixed settings."""
+    """One ONNX Runtime execution provider with fixed settings.
 
-    def __init__(self, kind: str = "ort-cpu", *, threads: int = 1, gpu: int = 0, cache=None):
+    precisions / int8_recipe: pin what the device offers (no probe). `precisions` must
+    include "fp32"; `int8_recipe` is given only with "int8" among them (default
+    `Int8Recipe()`). Left out: ort-cpu probes the CPU (see the module docstring), the GPU
+    providers use their fixed choice. The probe runs at most once per device, thread-safe.
+    """
+
+    def __init__(
+        self,
+        kind: str = "ort-cpu",
+        *,
+        threads: int = 1,
+        gpu: int = 0,
+        cache=None,
+        precisions: Sequence[str] | None = None,
+        int8_recipe: Int8Recipe | None = None,
+    ):
         self.kind, self.provider, self.threads, self.gpu = kind, _PROVIDERS[kind], threads, gpu
         if kind == "ort-cpu":
             name = kind if threads == 1 else f"{kind}:{threads}"
-            self.precisions, self.int8_recipe = ("fp32", "fp16", "int8"), Int8Recipe()
         else:
             name = kind if gpu == 0 else f"{kind}:{gpu}"
+        self._choice = _pinned(name, precisions, int8_recipe)
+        if self._choice is None and kind != "ort-cpu":
             # The CUDA EP has no INT8 kernels; TensorRT wants symmetric signed Q/DQ.
-            self.precisions = ("fp32", "fp16") if kind == "ort-cuda" else ("fp32", "fp16", "int8")
             signed = Int8Recipe(activations="int8", symmetric_activations=True)
-            self.int8_recipe = None if kind == "ort-cuda" else signed
+            self._choice = (("fp16", "fp32"), None) if kind == "ort-cuda" else (("int8", "fp16", "fp32"), signed)
+        self._report: ProbeReport | None = None
+        self._choosing = threading.Lock()
         super().__init__(name, cache=cache)
         self.host = "cpu" if kind == "ort-cpu" else f"cuda:{gpu}"
         self._fingerprint = None
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return self._chosen()[0]
+
+    @property
+    def int8_recipe(self) -> Int8Recipe | None:
+        return self._chosen()[1]
+
+    def probe_report(self) -> ProbeReport | None:
+        """What the CPU probe measured and decided (measured now or read from the state directory);
+        None where the choice is pinned or fixed (a GPU provider)."""
+        self._chosen()
+        return self._report
+
+    def _chosen(self) -> tuple[tuple[str, ...], Int8Recipe | None]:
+        with self._choosing:
+            if self._choice is None:
+                import onnxruntime as ort
+
+                cpu, version = cpu_description(), ort.__version__
+                # The probe's own device: one thread (see `evaluators.ort_probe`), a pinned choice.
+                runner = OrtDevice("ort-cpu", threads=PROBE_THREADS, precisions=("fp32",), cache=False)
+                self._report = cached_probe(
+                    cpu,
+                    version,
+                    lambda: run_probe(runner.open, cpu=cpu, onnxruntime=version, threads=PROBE_THREADS),
+                )
+                self._choice = (self._report.precisions, self._report.recipe)
+            return self._choice
 
     def fingerprint(self) -> Fingerprint:
         if self._fingerprint is None:
             import onnxruntime as ort
 
+            precisions, recipe = self._chosen()
             settings = {"provider": self.provider, "graph_optimization": "all", "execution": "sequential"}
             if self.kind == "ort-cpu":
                 hardware = cpu_description()
@@ -59,6 +126,7 @@ class OrtDevice(LocalDevice):
             else:
                 hardware = gpu_description(self.gpu) or f"cuda:{self.gpu}"
                 settings.update(gpu=self.gpu, host_io=True)
+            settings.update(precisions=list(precisions), int8_recipe=recipe.to_dict() if recipe else None)
             self._fingerprint = Fingerprint(hardware, "onnxruntime", ort.__version__, settings)
         return self._fingerprint
 
@@ -85,6 +153,24 @@ class OrtDevice(LocalDevice):
     def open(self, artifact_path: Path, inputs: dict):
         session = self._session(artifact_path)
         return wall_clock(lambda: session.run(None, inputs))
+
+
+def _pinned(
+    name: str, precisions: Sequence[str] | None, recipe: Int8Recipe | None
+) -> tuple[tuple[str, ...], Int8Recipe | None] | None:
+    """(precisions in `PRECISIONS` order, INT8 recipe) pinned by the caller, or None to leave the choice to the device."""
+    if precisions is None:
+        if recipe is not None:
+            raise UserError(f"device {name}: pin int8_recipe together with precisions that include int8.")
+        return None
+    offered = tuple(p for p in _RUNS if p in precisions)
+    if "fp32" not in offered or len(offered) != len(set(precisions)):
+        raise UserError(f"device {name}: precisions {list(precisions)} must include fp32 and come from {list(_RUNS)}.")
+    if "int8" not in offered:
+        if recipe is not None:
+            raise UserError(f"device {name}: an int8_recipe is pinned but int8 is not among the precisions.")
+        return offered, None
+    return offered, recipe or Int8Recipe()
 
 
 def _ort_reason(exc: Exception) -> str:

@@ -31,6 +31,7 @@ from evaluators.timing import warm_up
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
+_BOOTSTRAP_BATCH = 100
 
 
 def run_alternating(clocks: Sequence[Callable[[], float]], settings: TimingSettings) -> list[list[float]]:
@@ -66,9 +67,12 @@ def ratio_interval(candidate: Sequence[float], reference: Sequence[float]) -> tu
         raise ValueError("candidate and reference need the same, non-zero number of rounds")
     ratio = float(np.median(cand) / np.median(ref))
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    picks = rng.integers(0, cand.size, size=(BOOTSTRAP_RESAMPLES, cand.size))
-    ratios = np.median(cand[picks], axis=1) / np.median(ref[picks], axis=1)
-    low, high = np.percentile(ratios, [2.5, 97.5])
+    ratios = []
+    # In batches: all resamples at once would hold 2000 x rounds arrays (hundreds of MB at 5000 rounds).
+    for done in range(0, BOOTSTRAP_RESAMPLES, _BOOTSTRAP_BATCH):
+        picks = rng.integers(0, cand.size, size=(min(_BOOTSTRAP_BATCH, BOOTSTRAP_RESAMPLES - done), cand.size))
+        ratios.append(np.median(cand[picks], axis=1) / np.median(ref[picks], axis=1))
+    low, high = np.percentile(np.concatenate(ratios), [2.5, 97.5])
     return ratio, float(low), float(high)
 
 

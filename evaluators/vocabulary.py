@@ -7,7 +7,13 @@ a device wants INT8 written into an ONNX graph, and nothing else about how it is
 - `UserError`: an input a user can fix. Its message is one clear sentence; the CLI prints
   it and exits with code 2 instead of showing a traceback. Anything else is a bug.
 - `PRECISIONS`: the precisions a policy may ask for, fastest first on hardware that runs
-  them natively (the order the search uses to pick a "fastest" reference).
+  them natively (the order the search uses to pick a "fastest" reference). "bf16" is an
+  execution precision of the runtime, not a tensor type in the file: a bf16 unit is stored
+  in FP32 and the artifact says how it must run (the two keys below).
+- `INFERENCE_PRECISION_KEY`, `FP32_NODES_KEY`: ONNX `metadata_props` an artifact carries when
+  it must not run at its runtime's default: the inference precision ("bf16"; absent means
+  FP32) and a JSON list of the node names kept FP32 inside it. `spaces` writes them, a
+  device and the accuracy runtime read them, and the structure hash covers them.
 - `Int8Recipe`: how INT8 must be expressed for one device. Measured on an AVX2 CPU
   without VNNI: signed S8S8 Q/DQ ran 1.4-1.7x slower than FP32 under ONNX Runtime while
   U8 activations with S8 per-channel weights ran faster; OpenVINO only gains from an
@@ -24,7 +30,9 @@ class UserError(Exception):
     """An input a user can fix; the message is one sentence that says what to change."""
 
 
-PRECISIONS: tuple[str, ...] = ("int8", "fp16", "fp32")
+PRECISIONS: tuple[str, ...] = ("int8", "bf16", "fp16", "fp32")
+INFERENCE_PRECISION_KEY = "squeezefit.inference_precision"
+FP32_NODES_KEY = "squeezefit.fp32_nodes"
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ A bundle directory holds `policy.yaml` (re-appliable with `squeezefit` or the sp
 `model.pt` (the fine-tuned pruned module, whole-module pickle; load with
 `torch.load(..., weights_only=False)` with squeezefit installed), `model.onnx` (the
 artifact that was timed and scored; `ultralytics.YOLO("model.onnx")` validates and predicts
-it as is), `baseline-fp32.onnx` (the study's reference, so the speedup can be checked:
+it as is; on an OpenVINO device also `model_openvino_model/`, its IR with the FP32 nodes
+marked), `baseline-fp32.onnx` (the study's reference, so the speedup can be checked:
 `squeezefit measure model.onnx --reference baseline-fp32.onnx --device D`), `card.md`,
-which says what was measured, where, and with which versions, and `card.json`, the same
+which says what was measured, where, with which versions and runtime settings (e.g. the
+inference precision a bf16 policy must be compiled with), and `card.json`, the same
 figures for a program.
 
 The speedup on the card comes from a session in which the front, the chosen trial and the
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from evaluators.openvino_ir import write_openvino_ir
+from evaluators.registry import get_device
 from evaluators.vocabulary import UserError
 from search.front import best_under, trials_table
 from search.front_timing import describe_session, reference_artifact, time_front
@@ -71,7 +75,14 @@ def export_bundle(study, out: Path, *, budget_ms: float | None = None, trial: in
     shutil.copyfile(attrs["artifact"], out / "model.onnx")
     shutil.copyfile(attrs["weights"], out / "model.pt")
     shutil.copyfile(reference_artifact(study_record(study)), out / "baseline-fp32.onnx")
+    device = get_device(study_record(study)["device"])
+    if device.accuracy_runtime == "openvino":  # the IR a user runs, with the FP32 nodes marked
+        write_openvino_ir(out / "model.onnx", out / "model_openvino_model")
     figures = card_figures(study, number, attrs, session)
+    figures["runtime_config"] = {
+        "model": device.runtime_settings(out / "model.onnx"),
+        "baseline": device.runtime_settings(out / "baseline-fp32.onnx"),
+    }
     (out / "card.json").write_text(json.dumps(figures, indent=1))
     (out / "card.md").write_text(_card(study, number, attrs, policy, figures, session))
     return out
@@ -121,7 +132,13 @@ def _card(study, number: int, attrs: dict, policy: Policy, figures: dict, sessio
         + ")",
         f"- speed on `{record['device']}`: {speedup}",
         "- reproduce: `squeezefit measure model.onnx --reference baseline-fp32.onnx "
-        f"--device {record['device']} --no-cache`",
+        f"--device {record['device']} --no-cache`; `{record['device']}` runs `model.onnx` with "
+        f"`{json.dumps(figures['runtime_config']['model'])}`"
+        + (
+            " (OpenVINO: `model_openvino_model/` is its IR; compile it with these properties)"
+            if "INFERENCE_PRECISION_HINT" in figures["runtime_config"]["model"]
+            else ""
+        ),
         f"- on the study's scale: p50 **{attrs['latency_ms']:.2f} ms**, p90 {attrs['latency_p90_ms']:.2f} ms "
         f"(ratio to the baseline timed side by side during the search, times its L0 {base:.2f} ms; "
         f"budget {record['budget_ms']:.2f} ms)",

@@ -1,7 +1,7 @@
 """The precision knob: a precision per block, and the one ONNX artifact that realizes it.
 
 Units are the model's `model.<i>` blocks (the same units pruning uses). A precision map
-says, per unit, "int8", "fp16" or "fp32"; `build_artifact` turns a (pruned or not)
+says, per unit, "int8", "bf16", "fp16" or "fp32"; `build_artifact` turns a (pruned or not)
 `DetectionModel` and a map into ONE ONNX file:
 
 1. FP32 export with module-path node names and Ultralytics metadata (`spaces.onnx_export`);
@@ -9,7 +9,12 @@ says, per unit, "int8", "fp16" or "fp32"; `build_artifact` turns a (pruned or no
    (`spaces.quantizers`: ONNX Runtime's static quantizer, or NNCF), calibrated on
    letterboxed images;
 3. FP16 for the fp16 units' nodes, the graph's inputs and outputs kept FP32, one Cast per
-   tensor that crosses a border (`spaces.fp16`).
+   tensor that crosses a border (`spaces.fp16`);
+4. bf16, an execution precision of the runtime (OpenVINO's CPU plugin on AVX512-BF16/AMX),
+   not a tensor type: bf16 units stay FP32 in the file, and when any unit is bf16 the
+   artifact's `metadata_props` say how it must run: `INFERENCE_PRECISION_KEY` = "bf16" and
+   `FP32_NODES_KEY` = the JSON list of the fp32 units' node names (kept FP32 at run time).
+   The int8 units of such an artifact run INT8 and its other float nodes bf16.
 
 INT8 and FP16 mix in one graph: quantization runs first, then FP16 converts only the
 fp16 units' original nodes; Q/DQ pairs, QOperator nodes and int8 weights are left alone.
@@ -25,6 +30,7 @@ categorical `precision.<unit>` per unit over the precisions the device offers.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections import Counter
@@ -35,7 +41,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from evaluators.vocabulary import PRECISIONS, Int8Recipe, UserError
+from evaluators.vocabulary import FP32_NODES_KEY, INFERENCE_PRECISION_KEY, PRECISIONS, Int8Recipe, UserError
 from spaces.fp16 import to_fp16
 from spaces.onnx_export import (
     detection_model,
@@ -110,7 +116,7 @@ class Artifact:
 
     @property
     def lowest_precision(self) -> str:
-        """int8 if any unit is INT8, else fp16 if any is FP16, else fp32 (picks the output bound)."""
+        """The first of PRECISIONS (int8, bf16, fp16, fp32) any unit has (picks the output bound)."""
         return next((p for p in PRECISIONS if p in self.precisions.values()), "fp32")
 
     def to_dict(self) -> dict:
@@ -131,7 +137,7 @@ def build_artifact(
     default: str = "fp32",
     keep_head_float: bool = True,
 ) -> Artifact:
-    """Write one ONNX file realizing `precisions` (unit -> "int8" | "fp16" | "fp32") for `model`.
+    """Write one ONNX file realizing `precisions` (unit -> "int8" | "bf16" | "fp16" | "fp32") for `model`.
 
     Units not in the map get `default`. `calibration_images` (files, preprocessed like
     Ultralytics' predictor) calibrate INT8 and are required when any unit is INT8; how many
@@ -156,7 +162,7 @@ def build_artifact(
             graph = get_quantizer(recipe.quantizer)(fp32, int8, calib, recipe, Path(tmp))
         if fp16:
             graph = to_fp16(graph, fp16)
-        set_metadata(graph, props)  # quantizers and converters drop metadata_props
+        set_metadata(graph, {**props, **execution_metadata(per_unit, units, graph)})  # quantizers drop metadata_props
         out.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(graph, str(out))
     return Artifact(
@@ -166,6 +172,17 @@ def build_artifact(
         recipe=recipe,
         build_s=time.perf_counter() - start,
     )
+
+
+def execution_metadata(
+    per_unit: Mapping[str, str], units: Mapping[str, list[str]], graph: onnx.ModelProto
+) -> dict[str, str]:
+    """The execution keys of an artifact: none without bf16 units; else bf16 inference and the fp32 units' nodes."""
+    if "bf16" not in per_unit.values():
+        return {}
+    present = {n.name for n in graph.graph.node}
+    fp32 = [n for u, p in per_unit.items() if p == "fp32" for n in units[u] if n in present]
+    return {INFERENCE_PRECISION_KEY: "bf16", FP32_NODES_KEY: json.dumps(fp32, separators=(",", ":"))}
 
 
 def _resolve(precisions: Mapping[str, str], units: Mapping[str, list[str]], default: str) -> dict[str, str]:
