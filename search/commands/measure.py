@@ -2,7 +2,19 @@
 
 Prints one line, or with --json one JSON object with at least p50_ms, p90_ms, runs,
 device and fingerprint (plus map50_95, map50, precision, recall, images with --data).
-A missing or invalid file and an unknown device are user errors (exit code 2).
+
+With `--reference REF.onnx` the artifact is timed against REF side by side
+(`Device.measure_paired`, see `evaluators.paired`): the number is the ratio of their
+medians, which holds from process to process where a single p50 drifts with the host.
+The line then reads "model.onnx vs ref.onnx on ort-cpu: 0.812x (95% 0.800-0.824), p50
+3.100 ms vs 3.818 ms over 1300 alternated runs, host drift +4.0% [fingerprint ...]"; the
+JSON object is `PairedMeasurement.to_dict()` plus "artifact" and "reference" (at least
+ratio, ratio_low, ratio_high, p50_ms, reference_p50_ms, runs, host_drift, device,
+fingerprint). --runs / --min-seconds / --max-runs then count alternated rounds.
+--sustained times one artifact back to back, so it is refused with --reference.
+
+A missing or invalid file, an unknown device, a reference whose inputs differ from the
+artifact's and --sustained with --reference are user errors (exit code 2).
 """
 
 from __future__ import annotations
@@ -11,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from evaluators import TimingSettings, get_device
+from evaluators import TimingSettings, UserError, get_device
 
 HELP = "measure an ONNX artifact's latency on a device (and its mAP with --data)"
 
@@ -26,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", type=Path, help="data set YAML: also measure mAP on its val split")
     parser.add_argument("--max-images", type=int, help="with --data: only the first N images of the val split")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="time the artifact against this ONNX file side by side and report their latency ratio",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
     parser.add_argument("--runs", type=int, default=defaults.min_runs, help="at least this many timed runs")
     parser.add_argument("--min-seconds", type=float, default=defaults.min_seconds, help="time for at least this long")
@@ -54,13 +71,25 @@ def run(args: argparse.Namespace) -> int:
     options = {"cache": False} if args.no_cache else {}
     if args.device.startswith("remote:") and args.token:
         options["token"] = args.token
+    if args.reference is not None and args.sustained > 0:
+        raise UserError("--sustained times one artifact back to back; it cannot be combined with --reference.")
     device = get_device(args.device, **options)
-    latency = device.measure(args.model, settings=settings)
-    result = {"artifact": str(args.model), **latency.to_dict()}
+    result = _latency(device, args.model, args.reference, settings)
     if args.data is not None:
         result.update(_accuracy(args.model, args.data, device.accuracy_runtime, args.max_images))
-    print(json.dumps(result) if args.json else _line(args.model, result))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(_paired_line(args.model, args.reference, result) if args.reference else _line(args.model, result))
     return 0
+
+
+def _latency(device, model: Path, reference: Path | None, settings: TimingSettings) -> dict:
+    """The measurement's dict with "artifact" (and "reference") first: unpaired, or paired against `reference`."""
+    if reference is None:
+        return {"artifact": str(model), **device.measure(model, settings=settings).to_dict()}
+    paired = device.measure_paired(model, reference, settings=settings)
+    return {"artifact": str(model), "reference": str(reference), **paired.to_dict()}
 
 
 def _accuracy(model: Path, data: Path, runtime: str, max_images: int | None) -> dict:
@@ -69,6 +98,22 @@ def _accuracy(model: Path, data: Path, runtime: str, max_images: int | None) -> 
     acc = measure_accuracy(model, data, split="val", runtime=runtime, max_images=max_images)
     fields = ("map50_95", "map50", "precision", "recall", "images")
     return {"accuracy_runtime": runtime, **{k: getattr(acc, k) for k in fields}}
+
+
+def _paired_line(model: Path, reference: Path, r: dict) -> str:
+    text = (
+        f"{model.name} vs {reference.name} on {r['device']}: {r['ratio']:.3f}x "
+        f"(95% {r['ratio_low']:.3f}-{r['ratio_high']:.3f}), p50 {r['p50_ms']:.3f} ms vs "
+        f"{r['reference_p50_ms']:.3f} ms over {r['runs']} alternated runs, host drift {r['host_drift']:+.1%}"
+    )
+    text += f" [{'cached, ' if r['cached'] else ''}fingerprint {r['fingerprint_hash']}]"
+    return text + _accuracy_text(r)
+
+
+def _accuracy_text(r: dict) -> str:
+    if "map50_95" not in r:
+        return ""
+    return f"; mAP50-95 {r['map50_95']:.4f}, mAP50 {r['map50']:.4f} on {r['images']} images"
 
 
 def _line(model: Path, r: dict) -> str:
@@ -82,6 +127,4 @@ def _line(model: Path, r: dict) -> str:
             f"(drift {r['sustained_drift']:+.1%})"
         )
     text += f" [{'cached, ' if r['cached'] else ''}fingerprint {r['fingerprint_hash']}]"
-    if "map50_95" in r:
-        text += f"; mAP50-95 {r['map50_95']:.4f}, mAP50 {r['map50']:.4f} on {r['images']} images"
-    return text
+    return text + _accuracy_text(r)
