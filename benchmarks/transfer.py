@@ -4,8 +4,11 @@ Transfers a finished study (by default `default`, from `squeezefit search studie
 to each given device with `squeezefit transfer --json`, each in a fresh process with a fresh
 latency cache (so every latency is really measured), into a throw-away study that is deleted
 afterwards (--keep keeps it). Reports per device: the transfer's wall time as a fraction of
-the source search's (target <= 10%), the Spearman rank correlation of p50 latency between the
-two devices over the carried trials, and how many front members change.
+the source search's (target <= 10%) and where it went (artifacts, latency, validation, the
+rest: start-up and preparation), how many mAPs were reused, validated again or carried
+without validation (the lazy rule, `search.transfer.MAP_MARGIN`), whether every trial on the
+new front has a measured mAP (required), the Spearman rank correlation of p50 latency between
+the two devices over the carried trials, and how many front members change.
 
     python benchmarks/transfer.py --study default [--storage URL] [--devices openvino-cpu ort-cpu:2] \
         [--output benchmarks/results/transfer.md]
@@ -133,20 +136,26 @@ def _report(source, record: dict, source_s: float, rows: list[dict], argv, load_
         f"{config['imgsz']} px, {config['finetune_epochs']} fine-tune epoch(s) on {config['train_images'] or 'all'} images, "
         f"validation on {config['val_images'] or 'all'} images; search time {source_s / 60:.1f} min (sum of its trials' durations)",
         "- each transfer: a fresh `squeezefit transfer --json` process with an empty latency cache; wall = the whole process;"
-        f" target <= {TARGET_FRACTION:.0%} of the source's search time",
+        f" target <= {TARGET_FRACTION:.0%} of the source's search time, every trial on the new front with a measured mAP",
         "",
-        "| device | carried | mAP re-validated | skipped | transfer wall (min) | fraction of search | <= 10% "
+        "| device | carried | mAP reused / validated / carried | validations skipped | skipped | "
+        "source search (min) | transfer wall (min) | fraction of search | <= 10% | every front mAP measured "
+        "| artifacts / latency / validation / rest (min) "
         "| latency rank corr. (Spearman) | source front | new front | left the front | joined the front |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         r, wall = row["report"], row["wall_s"]
         fraction = wall / source_s if source_s > 0 else float("nan")
         rho = r["latency_rank_correlation"]
-        revalidated = sum(t["map_source"] == "revalidated" for t in r["trials"])
+        m, steps = r["map_sources"], r["step_seconds"]
+        split = [steps.get("artifact", 0.0), steps.get("latency", 0.0), steps.get("validate", 0.0)]
+        split.append(wall - sum(split))
         lines.append(
-            f"| {row['device']} | {len(r['trials'])} | {revalidated} | {len(r['skipped'])} | {wall / 60:.2f} "
-            f"| {fraction:.1%} | {'yes' if fraction <= TARGET_FRACTION else 'no'} | {'n/a' if rho is None else f'{rho:.3f}'} "
+            f"| {row['device']} | {len(r['trials'])} | {m['reused']} / {m['revalidated']} / {m['carried']} "
+            f"| {r['validations_skipped']} | {len(r['skipped'])} | {source_s / 60:.2f} | {wall / 60:.2f} "
+            f"| {fraction:.1%} | {'yes' if fraction <= TARGET_FRACTION else 'no'} | {'yes' if r['front_measured'] else 'NO'} "
+            f"| {' / '.join(f'{x / 60:.2f}' for x in split)} | {'n/a' if rho is None else f'{rho:.3f}'} "
             f"| {len(r['source_front'])} | {len(r['front'])} | {_trials(r['lost_from_front'])} | {_trials(r['gained_on_front'])} |"
         )
     for row in rows:
@@ -154,7 +163,11 @@ def _report(source, record: dict, source_s: float, rows: list[dict], argv, load_
         lines += [
             "",
             f"## {r['source_device']} -> {row['device']} (budget {r['budget_ms']:.2f} ms, baseline FP32 "
-            f"{r['baseline_latency_ms']:.2f} ms; source budget {r['source_budget_ms']:.2f} ms)",
+            f"{r['baseline_latency_ms']:.2f} ms; source budget {r['source_budget_ms']:.2f} ms; mAP margin "
+            f"{r['map_margin']})",
+            "",
+            "trials in the order the transfer settled their mAP (fastest here first); mAP `carried`: the source's, "
+            "not validated here (it could not reach the front), never on a front or exported",
             "",
             "| source trial | reference | status | mAP50-95 source -> here | mAP | p50 ms source -> here | changes |",
             "|---|---|---|---|---|---|---|",

@@ -45,6 +45,11 @@ def choose_trial(study, *, budget_ms: float | None = None, trial: int | None = N
             raise UserError(
                 f"trial {trial} is {row['status']}: only complete trials have a fine-tuned, scored artifact to export."
             )
+        if not row["measured"]:
+            raise UserError(
+                f"trial {trial}'s mAP was carried over from another device's study, not measured on its artifact: "
+                "only a trial with a measured mAP can be exported."
+            )
         return row
     row = best_under(table, budget_ms)
     if row is None:

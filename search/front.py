@@ -1,6 +1,7 @@
 """The Pareto front of a study: a table of its trials, the feasible non-dominated ones, a plot.
 
-A point is on the front when it is feasible (p50 latency within the budget) and no other
+A point is on the front when it is feasible (complete, p50 latency within the budget, and
+its mAP measured on its own artifact rather than carried over by a transfer) and no other
 feasible finished trial has both higher-or-equal mAP50-95 and lower-or-equal latency with
 one of them strictly better. Trials stopped early (PRUNED) are shown but never on the front.
 """
@@ -18,6 +19,7 @@ COLUMNS = [
     "trial",
     "status",
     "feasible",
+    "measured",
     "map50_95",
     "map50",
     "latency_ms",
@@ -40,11 +42,13 @@ def trials_table(study) -> pd.DataFrame:
         attrs = t.user_attrs
         if "status" not in attrs:
             continue
+        measured = attrs.get("map_source") != "carried"  # a transfer may carry a source's mAP unmeasured
         rows.append(
             {
                 "trial": t.number,
                 "status": attrs["status"],
-                "feasible": attrs["status"] == "complete" and attrs["latency_ms"] <= budget,
+                "feasible": attrs["status"] == "complete" and attrs["latency_ms"] <= budget and measured,
+                "measured": measured,
                 "map50_95": attrs["map50_95"],
                 "map50": attrs["map50"],
                 "latency_ms": attrs["latency_ms"],
@@ -73,8 +77,8 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_under(table: pd.DataFrame, budget_ms: float) -> pd.Series | None:
-    """The highest-mAP complete trial whose p50 latency is within `budget_ms`, or None."""
-    fits = table[(table["status"] == "complete") & (table["latency_ms"] <= budget_ms)]
+    """The highest-mAP complete trial with a measured mAP whose p50 latency is within `budget_ms`, or None."""
+    fits = table[(table["status"] == "complete") & table["measured"] & (table["latency_ms"] <= budget_ms)]
     return None if fits.empty else fits.sort_values(["map50_95", "latency_ms"], ascending=[False, True]).iloc[0]
 
 

@@ -1,7 +1,10 @@
 """The report of a transfer (`search.transfer`): what was carried, how latency ranks moved, the new front.
 
 Built from the two stored studies alone, so a resumed transfer reports every carried
-trial, not only those carried in this run.
+trial, not only those carried in this run. Each carried trial says where its mAP comes
+from (`search.transfer_trial.MAP_SOURCES`); the report's front holds measured mAPs only
+(a trial whose mAP was carried counts as not feasible for it), and `front_measured` says
+whether the front `search.front` computes from the stored study holds measured mAPs only.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from optuna.trial import TrialState
 
 from search.front import pareto_front, trials_table
 from search.study import study_record
+from search.transfer_trial import MAP_SOURCES
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,12 @@ class TransferredTrial:
     source_latency_ms: float
     changed: bool
     changes: tuple[str, ...]
+    seconds: dict
+
+    @property
+    def measured(self) -> bool:
+        """Its mAP was measured on its artifact here (reused or validated again), not carried."""
+        return self.map_source != "carried"
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,15 @@ class TransferReport:
     time_fraction = seconds / source_seconds. lost_from_front / gained_on_front: source
     trial numbers on the source front and not on the new one, and the reverse;
     new_on_front: trials searched on the new device (not carried) that are on its front.
+    front: one row per front member (fastest first) with its scores and `map_source` ("reused" or
+    "revalidated" for a carried trial, "searched" for one of the continued search).
+    map_margin: the margin of the lazy validation (`search.transfer.MAP_MARGIN`);
+    map_sources: how many carried trials have a "reused", "revalidated" or "carried" mAP;
+    validations_skipped: carried trials whose mAP was not validated although it could not
+    be reused (the "carried" ones); step_seconds: the carried trials' seconds per step
+    (artifact, latency, validate), summed; the rest of `seconds` is preparation and start-up.
+    front_measured: no trial with a carried mAP is on the front of the stored study as
+    `search.front.pareto_front` computes it.
     """
 
     source_study: str
@@ -69,10 +88,17 @@ class TransferReport:
     lost_from_front: tuple[int, ...]
     gained_on_front: tuple[int, ...]
     new_on_front: tuple[int, ...]
+    map_margin: float | None
+    map_sources: dict
+    validations_skipped: int
+    step_seconds: dict
+    front_measured: bool
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["skipped"] = [{"source_trial": n, "reason": r} for n, r in self.skipped]
+        for row, trial in zip(data["trials"], self.trials, strict=True):
+            row["measured"] = trial.measured
         return data
 
 
@@ -94,8 +120,13 @@ def transfer_report(
     src_record, record = study_record(src), study_record(dst)
     carried = carried_trials(src, dst, record["budget_ms"])
     origin = {c.trial: c.source_trial for c in carried}
+    map_source = {c.trial: c.map_source for c in carried}
     src_front = tuple(int(n) for n in pareto_front(trials_table(src))["trial"])
-    front = pareto_front(trials_table(dst))
+    unmeasured = {c.trial for c in carried if not c.measured}
+    table = trials_table(dst)
+    stored_front = {int(n) for n in pareto_front(table)["trial"]}
+    table["feasible"] &= ~table["trial"].isin(unmeasured)  # a carried mAP is never on a front
+    front = pareto_front(table)
     here = {origin[int(n)] for n in front["trial"] if int(n) in origin}
     rows = tuple(
         {
@@ -106,9 +137,15 @@ def transfer_report(
             "size_mb": float(r.size_mb),
             "policy_id": r.policy_id,
             "reference": r.reference,
+            "map_source": map_source.get(int(r.trial), "searched"),
         }
         for r in front.itertuples()
     )
+    sources = [c.map_source for c in carried]
+    steps: dict[str, float] = {}
+    for c in carried:
+        for step, s in c.seconds.items():
+            steps[step] = round(steps.get(step, 0.0) + s, 2)
     return TransferReport(
         source_study=src.study_name,
         study=dst.study_name,
@@ -132,6 +169,11 @@ def transfer_report(
         lost_from_front=tuple(n for n in src_front if n not in here),
         gained_on_front=tuple(sorted(here - set(src_front))),
         new_on_front=tuple(r["trial"] for r in rows if r["transferred_from"] is None),
+        map_margin=record.get("map_margin"),
+        map_sources={m: sources.count(m) for m in MAP_SOURCES},
+        validations_skipped=sources.count("carried"),
+        step_seconds=steps,
+        front_measured=not stored_front & unmeasured,
     )
 
 
@@ -154,6 +196,7 @@ def carried_trials(src, dst, budget_ms: float) -> tuple[TransferredTrial, ...]:
                 source_map50_95=s["map50_95"],
                 source_latency_ms=s["latency_ms"],
                 changes=tuple(a["changes"]),
+                seconds=dict(a.get("seconds", {})),
             )
         )
     return tuple(carried)

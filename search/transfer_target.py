@@ -3,7 +3,8 @@
 A new target takes the source's StudyConfig with the new device, storage and name (and a
 new budget rule when one is given); its study records what `squeezefit search` records plus
 the source. An existing target of the same source and device is resumed with its stored
-config and budget; one of another source or device is a UserError.
+config (so the same output folder), and its stored record, which `search.prepare.prepare`
+takes its L0 and budget from; one of another source or device is a UserError.
 """
 
 from __future__ import annotations
@@ -58,9 +59,7 @@ def target_config(
                 f"study {name!r} already has a budget of {record['budget_ms']:.2f} ms; drop the budget option to resume it."
             )
         stored = {k: v for k, v in record["config"].items() if k in known}
-        return StudyConfig(
-            **{**stored, "storage": storage_url, "budget_ms": record["budget_ms"], "budget_fraction": None}
-        ), record
+        return StudyConfig(**{**stored, "storage": storage_url}), record  # L0 and budget: `prepare(record=...)`
     base = StudyConfig(**{k: v for k, v in src_record["config"].items() if k in known})
     data = base.data if base.data == "embedded" else src_record["data_yaml"]  # relative paths were the source's cwd
     config = base.with_overrides(

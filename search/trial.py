@@ -7,9 +7,9 @@ mAP of that untuned artifact, so the sampler still learns something true about i
 Survivors are fine-tuned with their distillation settings, re-built with the full
 calibration set, and scored on the artifact that would be deployed.
 
-`remeasure_policy` is the same flow for a trial another device already scored (a
-transfer): nothing is fine-tuned; the artifact is copied, or re-built from the trial's
-weights by the same builders, and timed (and where its mAP can differ, validated) here.
+Latency is the artifact's ratio to the study's reference artifact, timed side by side,
+times L0 (`time_artifact`). A transfer re-measures trials another device scored with the
+same builders (`search.transfer_trial`).
 
 Every trial writes into `<outdir>/<policy_id>/`; a `result.json` there (written atomically)
 means the policy was already evaluated in this study and is reused, not recomputed.
@@ -18,7 +18,6 @@ means the policy was already evaluated in this study and is reused, not recomput
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,84 +233,6 @@ def evaluate_policy(
         weights=str(weights),
     )
     return save_result(result, done)
-
-
-@dataclass(frozen=True)
-class Remeasured:
-    """What `remeasure_policy` found: the trial measured here, or None and why it was left
-    out; map_reused: its mAP is the source's, not validated again."""
-
-    result: TrialResult | None
-    map_reused: bool = False
-    left_out: str = ""
-
-
-def remeasure_policy(
-    source: TrialResult,
-    policy: Policy,
-    ctx: TrialContext,
-    *,
-    folder: str,
-    rebuild: bool,
-    source_runtime: str,
-    origin: str,
-) -> Remeasured:
-    """Measure on `ctx.device` a trial another device scored, fine-tuning nothing.
-
-    source: the trial as its device recorded it, "complete" (`source.weights` holds its
-    fine-tuned model) or "infeasible" (untuned, over the source's budget). policy: what is
-    deployed here. The artifact is `source.artifact`, copied, unless `rebuild` or the file
-    is gone; then it is built as `evaluate_policy` builds it, from the weights or (untuned)
-    as the screen. Latency is timed here. mAP is the source's when the artifact is the
-    copied file and `source_runtime` is this device's accuracy runtime, else it is
-    validated here on `ctx.val_images` images. An untuned trial that fits `ctx.budget_ms`
-    here is left out, nothing written: its untuned mAP would mislead the sampler. Otherwise
-    the result ("<origin>; no fine-tuning spent") is saved to `<ctx.outdir>/<folder>/result.json`.
-    """
-    out = Path(ctx.outdir) / folder
-    out.mkdir(parents=True, exist_ok=True)
-    watch = Stopwatch()
-    device = get_device(ctx.device)
-    recipe = device.recipe_for(policy.recipe)
-    complete = source.status == "complete"
-    path = out / ("model.onnx" if complete else "screen.onnx")
-    copied = not rebuild and Path(source.artifact).is_file()
-    if copied:
-        shutil.copyfile(source.artifact, path)
-    elif complete:
-        build_deployed(torch.load(source.weights, map_location="cpu", weights_only=False), policy, ctx, recipe, path)
-    else:
-        build_screen(policy, ctx, recipe, path)
-    watch.lap("artifact")
-    latency = device.measure(path, settings=ctx.timing)
-    watch.lap("latency")
-    if not complete and latency.p50_ms <= ctx.budget_ms:
-        fits = f"untuned, and it fits the budget on {ctx.device} ({latency.p50_ms:.2f} ms): left to the search to fine-tune"
-        return Remeasured(None, left_out=fits)
-    reused = copied and source_runtime == device.accuracy_runtime
-    acc = source if reused else _validate(path, ctx, device.accuracy_runtime, out)
-    if not reused:
-        watch.lap("validate")
-    reason = f"{origin}; no fine-tuning spent"
-    result = TrialResult(
-        status=source.status,
-        policy_id=policy.policy_id,
-        policy=policy.to_dict(),
-        map50_95=acc.map50_95,
-        map50=acc.map50,
-        latency_ms=latency.p50_ms,
-        latency_p90_ms=latency.p90_ms,
-        size_mb=size_mb(path),
-        macs=source.macs,
-        params=source.params,
-        fingerprint=device.fingerprint().to_dict(),
-        reason=reason if complete else f"{_over_budget(latency.p50_ms, ctx.budget_ms)}; {reason}",
-        epoch_maps=source.epoch_maps,
-        artifact=str(path),
-        weights=source.weights if complete else "",
-        seconds=watch.seconds,
-    )
-    return Remeasured(save_result(result, out / "result.json"), map_reused=reused)
 
 
 def _validate(path: Path, ctx: TrialContext, runtime: str, workdir: Path):

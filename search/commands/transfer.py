@@ -9,7 +9,10 @@ import sys
 
 from search.commands import add_study_arguments, storage_url
 
-HELP = "Reuse a study on a new device: mAP carries over, latency is measured again, the search continues warm."
+HELP = (
+    "Reuse a study on a new device: latency is measured again, mAP validated again only where it can change "
+    "the front, the search continues warm."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top-k", type=int, default=5, help="K for --select front+topK (default 5)")
     parser.add_argument(
+        "--map-margin",
+        type=float,
+        default=None,
+        metavar="M",
+        help="validate a trial's mAP again only if its source mAP plus M (mAP50-95) could still put it on the new "
+        "front; the others keep the source's mAP, marked carried (default 0.01; a large value validates every one)",
+    )
+    parser.add_argument(
         "--no-early-stop", action="store_true", help="never stop a fine-tune of the continued search early"
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
@@ -45,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from evaluators.vocabulary import UserError
-    from search.transfer import transfer_study
+    from search.transfer import MAP_MARGIN, transfer_study
 
     if args.continue_trials < 0 or args.top_k < 0:
         raise UserError("--continue and --top-k must be zero or more.")
@@ -63,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             select=args.select,
             top_k=args.top_k,
             early_stop=not args.no_early_stop,
+            map_margin=MAP_MARGIN if args.map_margin is None else args.map_margin,
         )
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
@@ -85,6 +97,14 @@ def print_report(report) -> None:
         f"\nstudy {r.source_study!r} ({r.source_device}) -> {r.study!r} ({r.device}): {len(r.trials)} trial(s) carried "
         f"in {r.seconds / 60:.1f} min{share}, no fine-tuning"
     )
+    steps = ", ".join(f"{step} {s / 60:.1f}" for step, s in r.step_seconds.items())
+    print(f"time per step (min): {steps or 'none'}; the rest: start-up, preparation, trials left out")
+    margin = "" if r.map_margin is None else f" (margin {r.map_margin:g})"
+    print(
+        f"mAP: {r.map_sources['reused']} reused, {r.map_sources['revalidated']} validated again, "
+        f"{r.map_sources['carried']} carried from the source without validation{margin}: "
+        f"{r.validations_skipped} validation(s) skipped; a carried mAP is never on the front"
+    )
     print(
         f"budget {r.budget_ms:.2f} ms on {r.device} (FP32 baseline {r.baseline_latency_ms:.2f} ms); "
         f"source: {r.source_budget_ms:.2f} ms on {r.source_device} (baseline {r.source_baseline_latency_ms:.2f} ms)"
@@ -97,7 +117,7 @@ def print_report(report) -> None:
             "status": t.status,
             "mAP src": round(t.source_map50_95, 4),
             "mAP here": round(t.map50_95, 4),
-            "mAP": t.map_source,
+            "mAP from": t.map_source,
             "ms src": round(t.source_latency_ms, 2),
             "ms here": round(t.latency_ms, 2),
             "changes": "; ".join(t.changes),
@@ -123,6 +143,8 @@ def print_report(report) -> None:
         ]
     )
     print(front.to_string(index=False) if not front.empty else "  (empty)")
+    if not r.front_measured:
+        print("warning: the study's stored front (squeezefit front) holds a trial whose mAP was carried, not measured")
     names = {t.source_trial: t.reference or t.policy_id for t in r.trials}
 
     def listing(numbers) -> str:

@@ -1,5 +1,6 @@
-"""`squeezefit transfer`: a finished study carried to new devices — new latency, mAP reused or
-re-validated, never fine-tuned — and its search continued warm.
+"""`squeezefit transfer`: a finished study carried to new devices — new latency, paired with the
+target's reference; mAP reused, re-validated or (where it cannot reach the front) carried, never
+fine-tuned — its resume, and its search continued warm.
 
 The source is the real smoke pipeline (`squeezefit search studies/smoke.yaml`, 7 trials),
 the session's shared `smoke_study` fixture. To iterate on a machine
@@ -27,12 +28,14 @@ from evaluators.paths import squeezefit_home
 from search.cli import main
 from search.front import pareto_front, trials_table
 from search.study import STUDY_ATTR, load_study, study_record
-from search.transfer import target_name
+from search.transfer import MAP_MARGIN, target_name, worth_validating
+from search.transfer_trial import MAP_SOURCES
 
 pytestmark = pytest.mark.slow  # minutes: the smoke study carried to two devices, then continued
 
 REUSE_ENV = "SQUEEZEFIT_TEST_TRANSFER_SOURCE"
 DEVICES = ("openvino-cpu", "ort-cpu:2")
+MARGINS = {"openvino-cpu": "1", "ort-cpu:2": None}  # 1: every feasible trial is validated; None: the default
 
 
 # --- slow: a real smoke study carried to two devices -------------------------------------
@@ -78,12 +81,39 @@ def carried(source):
     weights_before = _model_files(src_outdir)
     out = {}
     for device in DEVICES:
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            assert main(["transfer", "--study", name, "--storage", url, "--device", device, "--json"]) == 0
-        report = json.loads(buffer.getvalue())
-        out[device] = (report, load_study(target_name(name, device), url))
+        margin = ["--map-margin", MARGINS[device]] if MARGINS[device] else []
+        out[device] = _transfer(url, name, device, target_name(name, device), *margin)
     return out, (src_outdir, weights_before)
+
+
+def _transfer(url, name, device, target, *options):
+    """(JSON report, target study) of `squeezefit transfer --json` of study `name` to `device` as `target`."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        command = ["transfer", "--study", name, "--storage", url, "--device", device, "--name", target, "--json"]
+        assert main([*command, *options]) == 0
+    return json.loads(buffer.getvalue()), load_study(target, url)
+
+
+def _replay_lazy_rule(report, dst, margin: float) -> dict:
+    """Check every carried trial's mAP source against the documented rule, in the order the transfer settled
+    them (trial order, fastest first); the count of trials per (feasible, mAP source)."""
+    budget, measured, seen = study_record(dst)["budget_ms"], [], {}
+    trials = sorted(report["trials"], key=lambda t: t["trial"])
+    assert [t["latency_ms"] for t in trials] == sorted(t["latency_ms"] for t in trials), "fastest first"
+    for t in trials:
+        feasible = t["status"] == "complete" and t["latency_ms"] <= budget
+        if t["map_source"] != "reused":
+            expected = feasible and worth_validating(t["source_map50_95"], t["latency_ms"], measured, margin)
+            assert t["map_source"] == ("revalidated" if expected else "carried"), t
+        if t["map_source"] == "carried":
+            assert t["map50_95"] == t["source_map50_95"] and not t["measured"]
+        elif feasible:
+            measured.append((t["latency_ms"], t["map50_95"]))
+        seen[(feasible, t["map_source"])] = seen.get((feasible, t["map_source"]), 0) + 1
+    assert report["map_margin"] == margin and report["validations_skipped"] == report["map_sources"]["carried"]
+    assert sum(report["map_sources"].values()) == len(trials)
+    return seen
 
 
 def _source_trials(url, name, status="complete"):
@@ -109,13 +139,21 @@ def test_every_complete_trial_is_carried_with_a_new_latency(source, carried, dev
         assert Fingerprint.from_dict(a["fingerprint"]).hash != Fingerprint.from_dict(s.user_attrs["fingerprint"]).hash
         assert a["latency_ms"] > 0 and t.values == [a["map50_95"], a["latency_ms"]]
         assert t.constraints["latency_budget"] == pytest.approx(a["latency_ms"] - record["budget_ms"])
-        assert a["map_source"] in ("reused", "revalidated") and a["source_map50_95"] == s.user_attrs["map50_95"]
+        assert a["map_source"] in MAP_SOURCES and a["source_map50_95"] == s.user_attrs["map50_95"]
+        # timed side by side with the target's reference, on the target's L0 scale
+        assert a["latency_ms"] == pytest.approx(a["timing"]["ratio"] * record["baseline_latency_ms"])
         assert a["weights"] == s.user_attrs["weights"] and Path(a["artifact"]).is_file()
         assert Path(a["artifact"]).is_relative_to(record["outdir"])
-        # the sampler sees the parameters the space's define-by-run records for this policy
-        assert t.distributions == s.distributions and t.params.keys() == s.params.keys()
-        for key, value in s.params.items():  # a sampled ratio may carry float noise (0.30000000000000004)
-            assert t.params[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+        # the sampler sees the parameters the target space's define-by-run records for this policy: the
+        # source's, with precisions over what the target device offers
+        assert t.params.keys() == s.params.keys()
+        for key, value in s.params.items():
+            if key.startswith("precision."):
+                assert set(t.distributions[key].choices) == set(record["offered"]), key
+                assert t.params[key] == a["policy"]["precision"].get(key.removeprefix("precision."), "fp32"), key
+            else:  # a sampled ratio may carry float noise (0.30000000000000004)
+                assert t.distributions[key] == s.distributions[key], key
+                assert t.params[key] == (pytest.approx(value) if isinstance(value, float) else value), key
     assert len(report["trials"]) == len(by_source)
 
 
@@ -133,17 +171,55 @@ def test_openvino_revalidates_and_ort_with_more_threads_reuses(source, carried):
     url, name = source
     _, complete = _source_trials(url, name)
     source_map = {t.number: t.user_attrs["map50_95"] for t in complete}
-    ov, ort = carried[0]["openvino-cpu"][1], carried[0]["ort-cpu:2"][1]
+    (ov_report, ov), (ort_report, ort) = carried[0]["openvino-cpu"], carried[0]["ort-cpu:2"]
+    budget = study_record(ov)["budget_ms"]
     for t in ov.trials:
         a = t.user_attrs
-        assert a["map_source"] == "revalidated", "another runtime validates again"
+        feasible = a["status"] == "complete" and a["latency_ms"] <= budget
+        # another runtime validates again (margin 1: every trial that can be on the front); the others carry
+        assert a["map_source"] == ("revalidated" if feasible else "carried"), t.number
         uses_int8 = "int8" in a["policy"]["precision"].values()
         assert a["changed"] == uses_int8 and any("INT8 recipe" in c for c in a["changes"]) == uses_int8
+    assert _replay_lazy_rule(ov_report, ov, 1.0).get((True, "revalidated")), "the smoke study has a feasible trial"
     for t in ort.trials:
         a = t.user_attrs
         assert a["map_source"] == "reused" and not a["changed"] and a["changes"] == []
         if a["transferred_from"] in source_map:
             assert a["map50_95"] == source_map[a["transferred_from"]]
+    _replay_lazy_rule(ort_report, ort, MAP_MARGIN)
+    assert ort_report["map_sources"] == {"reused": len(ort_report["trials"]), "revalidated": 0, "carried": 0}
+
+
+@pytest.fixture(scope="module")
+def lazy(source, carried):
+    """The transfer to openvino-cpu again, with a margin of 0: a trial is validated only if its source mAP
+    alone beats every measured mAP at equal or lower latency (the smoke study has several at 0)."""
+    url, name = source
+    return _transfer(url, name, "openvino-cpu", f"{name}-lazy", "--map-margin", "0")
+
+
+def test_lazy_validation_skips_a_trial_that_cannot_reach_the_front(carried, lazy):
+    report, dst = lazy
+    seen = _replay_lazy_rule(report, dst, 0.0)
+    assert seen.get((True, "carried")), f"a feasible trial dominated at its source mAP is not validated: {seen}"
+    assert seen.get((True, "revalidated")), f"a trial that can reach the front is validated: {seen}"
+    # those skipped here were validated with a margin of 1, at the same latency (same artifact structure)
+    every = {t["source_trial"]: t for t in carried[0]["openvino-cpu"][0]["trials"]}
+    budget = study_record(dst)["budget_ms"]
+    for t in report["trials"]:
+        if t["map_source"] == "carried" and t["latency_ms"] <= budget and t["status"] == "complete":
+            assert every[t["source_trial"]]["map_source"] == "revalidated"
+    assert report["validations_skipped"] == report["map_sources"]["carried"] > 0
+
+
+@pytest.mark.parametrize("which", ["lazy", *DEVICES])
+def test_a_carried_map_is_never_on_the_front(carried, lazy, which):
+    report, dst = lazy if which == "lazy" else carried[0][which]
+    source_of = {t.number: t.user_attrs["map_source"] for t in dst.trials}
+    stored_front = [int(n) for n in pareto_front(trials_table(dst))["trial"]]
+    assert stored_front and all(source_of[n] != "carried" for n in stored_front)
+    assert report["front_measured"] and all(r["map_source"] != "carried" for r in report["front"])
+    assert [r["trial"] for r in report["front"]] == stored_front
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -178,6 +254,24 @@ def test_resume_adds_nothing_and_prints_the_report(source, carried, capsys):
     out = capsys.readouterr().out
     assert len(load_study(dst_name, url).trials) == before
     assert "Pareto front on ort-cpu:2" in out and "latency rank correlation" in out and "on the front of ort-cpu" in out
+    assert "validation(s) skipped" in out and "mAP from" in out
+
+
+def test_a_resumed_transfer_keeps_its_reference_latency_and_budget(source):
+    url, name = source
+    dst_name = f"{name}-resumed"
+    first, dst = _transfer(url, name, "ort-cpu:2", dst_name, "--select", "front+topK", "--top-k", "0")
+    record = study_record(dst)
+    _, complete = _source_trials(url, name)
+    assert 0 < len(first["trials"]) < len(complete), "the source front alone, so the resume has trials to add"
+    again, dst = _transfer(url, name, "ort-cpu:2", dst_name, "--select", "all")
+    assert len(again["trials"]) > len(first["trials"])
+    assert study_record(dst)["budget_ms"] == record["budget_ms"]
+    assert study_record(dst)["baseline_latency_ms"] == record["baseline_latency_ms"]
+    for t in dst.trials:  # those carried before and after the resume: one scale, one output folder
+        a = t.user_attrs
+        assert a["latency_ms"] == pytest.approx(a["timing"]["ratio"] * record["baseline_latency_ms"]), t.number
+        assert Path(a["artifact"]).is_relative_to(record["outdir"]), t.number
 
 
 def test_continue_runs_more_trials_on_the_warm_study(source):
