@@ -4,8 +4,9 @@ Transfers a finished study (by default `default`, from `squeezefit search studie
 to each given device with `squeezefit transfer --json`, each in a fresh process with a fresh
 latency cache (so every latency is really measured), into a throw-away study that is deleted
 afterwards (--keep keeps it). Reports per device: the transfer's wall time as a fraction of
-the source search's (target <= 10%) and where it went (artifacts, latency, validation, the
-rest: start-up and preparation), how many mAPs were reused, validated again or carried
+the source search's (target <= 10%) and where it went (timing-only or copied artifacts, the
+one timing session, full builds of the trials validated, validation, preparation, the rest:
+process start-up and bookkeeping), how many mAPs were reused, validated again or carried
 without validation (the lazy rule, `search.transfer.MAP_MARGIN`), whether every trial on the
 new front has a measured mAP (required), the Spearman rank correlation of p50 latency between
 the two devices over the carried trials, and how many front members change.
@@ -140,7 +141,7 @@ def _report(source, record: dict, source_s: float, rows: list[dict], argv, load_
         "",
         "| device | carried | mAP reused / validated / carried | validations skipped | skipped | "
         "source search (min) | transfer wall (min) | fraction of search | <= 10% | every front mAP measured "
-        "| artifacts / latency / validation / rest (min) "
+        "| artifacts / latency / full builds / validation / preparation / rest (min) "
         "| latency rank corr. (Spearman) | source front | new front | left the front | joined the front |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -149,7 +150,8 @@ def _report(source, record: dict, source_s: float, rows: list[dict], argv, load_
         fraction = wall / source_s if source_s > 0 else float("nan")
         rho = r["latency_rank_correlation"]
         m, steps = r["map_sources"], r["step_seconds"]
-        split = [steps.get("artifact", 0.0), steps.get("latency", 0.0), steps.get("validate", 0.0)]
+        split = [steps.get(step, 0.0) for step in ("artifact", "latency", "deploy", "validate")]
+        split.append(r.get("prepare_seconds") or 0.0)
         split.append(wall - sum(split))
         lines.append(
             f"| {row['device']} | {len(r['trials'])} | {m['reused']} / {m['revalidated']} / {m['carried']} "

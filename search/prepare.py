@@ -7,7 +7,10 @@ is timed against it side by side, so an impossible budget is a clear error befor
 trial runs. The baseline's artifact stays the study's reference: every trial is timed
 against it and scaled by L0 (`search.trial.time_artifact`). L0 and the budget are fixed
 when the study is created: `prepare(config, record=...)` of a resumed study takes them
-from its stored record instead of timing the baseline again.
+from its stored record instead of timing the baseline again. `prepare(config,
+time_fastest=False)` leaves the fastest policy untimed and the budget unchecked, for a caller
+that has other evidence the budget is reachable (a transfer whose carried trials fit it) and
+calls `check_budget` otherwise.
 """
 
 from __future__ import annotations
@@ -36,11 +39,11 @@ from spaces.space import SearchSpace
 
 @dataclass(frozen=True)
 class Prepared:
-    """A study ready to run: the trial context plus the reference measurements (ms)."""
+    """A study ready to run: the trial context plus the reference measurements (ms; fastest: None when not timed)."""
 
     context: TrialContext
     baseline_latency_ms: float
-    fastest_latency_ms: float
+    fastest_latency_ms: float | None
     fingerprint: dict
 
     def to_record(self, config: StudyConfig) -> dict:
@@ -103,11 +106,14 @@ def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def prepare(config: StudyConfig, *, name: str | None = None, record: dict | None = None) -> Prepared:
+def prepare(
+    config: StudyConfig, *, name: str | None = None, record: dict | None = None, time_fastest: bool = True
+) -> Prepared:
     """Resolve everything a study's trials share, with the two reference latencies measured.
 
     record: the stored record of the study being resumed (`Prepared.to_record`); its L0
     (`baseline_latency_ms`) and `budget_ms` are kept, so a resumed study keeps its scale.
+    time_fastest: False skips `check_budget` (`fastest_latency_ms` is None); the caller checks the budget.
     """
     get_criterion(config.pruning_importance)  # an unknown name fails before minutes of preparation
     checkpoint = Path(config.model)
@@ -148,20 +154,28 @@ def prepare(config: StudyConfig, *, name: str | None = None, record: dict | None
         reference_artifact=str(reference),
         reference_ms=float(baseline_ms),
     )
-    fastest_ms = _fastest_latency(context, device, model)
-    if fastest_ms > budget:
-        raise UserError(
-            f"the budget of {budget:.2f} ms is below the fastest policy the space allows ({fastest_ms:.2f} ms on {config.device})."
-        )
+    fastest_ms = check_budget(context, model) if time_fastest else None
     return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict())
 
 
-def _fastest_latency(ctx: TrialContext, device, model) -> float:
-    """p50 (ms, on the study's scale) of the fastest corner of the space: every unit at the largest ratio, at each offered precision.
+def check_budget(ctx: TrialContext, model=None) -> float:
+    """p50 (ms, on the study's scale) of the fastest corner of the space: every unit at the largest ratio, at each
+    offered precision; UserError if it is over `ctx.budget_ms` (an impossible budget).
 
     Every precision is measured, not assumed: on a small pruned model INT8's Q/DQ overhead
     can make it slower than FP32. The artifacts are the trials' own screen artifacts.
+    model: the loaded baseline, when the caller has it.
     """
+    device = get_device(ctx.device)
+    fastest_ms = _fastest_latency(ctx, device, model if model is not None else load_baseline(ctx.checkpoint))
+    if fastest_ms > ctx.budget_ms:
+        raise UserError(
+            f"the budget of {ctx.budget_ms:.2f} ms is below the fastest policy the space allows ({fastest_ms:.2f} ms on {ctx.device})."
+        )
+    return fastest_ms
+
+
+def _fastest_latency(ctx: TrialContext, device, model) -> float:
     space = ctx.space
     ratios = uniform_ratios(space.pruning_units, space.ratio_range[1])
     latencies = []

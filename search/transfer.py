@@ -2,17 +2,24 @@
 
 `transfer_study` creates a study for the new device in the same storage (same space, its
 own record naming its source), carries the source's trials into it without fine-tuning
-anything, and can then continue the search there, warm. It runs two passes over the
-carried trials (each step of one trial is in `search.transfer_trial`):
+anything, and can then continue the search there, warm. It prepares the target as a search
+does (`search.prepare.prepare`: the target's reference artifact and L0), then runs two
+passes over the carried trials (each step of one trial is in `search.transfer_trial`):
 
 1. Latency, for every carried trial. The source's fine-tuned weights (`model.pt`) become
    the new device's artifact. A precision the new device does not run becomes fp32 (every
    device runs fp32; the continued search explores the faster ones the device offers), and
    INT8 units take the new device's INT8 recipe. When neither changes, the source's
    artifact file is the artifact (copied): rebuilding it would only risk drift in what was
-   scored (if the file is gone it is rebuilt from the weights). Each artifact is timed side
-   by side with the target's reference artifact, on the target's L0 scale, as a trial of a
-   search is (`search.trial.time_artifact`; a new fingerprint, so never a source value).
+   scored (if the file is gone it is rebuilt from the weights). A re-built INT8 artifact is
+   built timing-only (few calibration images, no bias correction: the structure, hence the
+   latency, of the full build). All artifacts are then timed in ONE round-robin session
+   with the target's reference artifact (each artifact alternated with the reference run
+   by run, with the study's floors per round), on the target's L0 scale: a new
+   fingerprint, so never a source value. The budget is checked here rather than in the
+   preparation: when a carried trial fits it, it is reachable; only when none does is the
+   fastest corner of the space timed (`search.prepare.check_budget`), before the target
+   study is created.
 2. Accuracy, lazily. A trial's mAP is "reused" when the artifact is the source's file and
    its mAP comes from the same runtime (one of `evaluators.accuracy.RUNTIMES`; other
    runtimes validate through onnxruntime, as in `search.trial`). Any other mAP must be
@@ -20,10 +27,13 @@ carried trials (each step of one trial is in `search.transfer_trial`):
    trials fastest first (on the new device), a fine-tuned trial within the new budget is
    validated (at the source's fidelity, `val_images`) only if its source mAP plus
    `MAP_MARGIN` exceeds the best measured mAP of the target at equal or lower latency
-   (`worth_validating`). Otherwise it could not be on the front even at its source mAP plus
-   the margin: it keeps its source mAP, marked "carried". Trials over the new budget are
-   never validated (they cannot be on the front, and a constrained sampler orders
-   infeasible trials by their constraint, not their values): their mAP is carried too.
+   (`worth_validating`). Only such a trial gets the full build of its artifact (every
+   calibration image, bias correction), checked to have the timed artifact's structure,
+   so its latency from the session stands. Otherwise it could not be on the front even at
+   its source mAP plus the margin: it keeps its source mAP, marked "carried", and its
+   timing-only artifact. Trials over the new budget are never validated (they cannot be on
+   the front, and a constrained sampler orders infeasible trials by their constraint, not
+   their values): their mAP is carried too.
 
 A carried mAP tells the sampler roughly where the trial stands; it is not the artifact's
 measured mAP. By the rule above such a trial is always dominated by a measured one, so it
@@ -48,6 +58,9 @@ deployed policy or its INT8 expression differs from the source's) and `changes` 
 search does not enqueue that policy again. Trials are added in the order of pass 2
 (fastest first). Running the transfer again resumes it: the target keeps its L0 and
 budget, carried trials are skipped, and the trials it holds count as measured points.
+The target's record keeps the transfer's wall seconds (`transfer_seconds`, every run of
+it) and those of its preparation (`transfer_prepare_seconds`: the reference, L0 and, when
+needed, the budget check).
 """
 
 from __future__ import annotations
@@ -64,10 +77,11 @@ from evaluators.accuracy import RUNTIMES
 from evaluators.base import Device
 from evaluators.registry import get_device
 from evaluators.vocabulary import Int8Recipe, UserError
+from search.checkpoint import load_baseline
 from search.study import STUDY_ATTR, load_study, study_record
 from search.transfer_report import TransferReport, transfer_report
 from search.transfer_target import SELECTIONS, open_target, select_trials, target_config
-from search.transfer_trial import TimedTrial, settle_carried, time_carried
+from search.transfer_trial import TimedTrial, build_carried, settle_carried, time_together
 from search.trial import TrialContext
 from search.trial_result import TrialResult
 from search.tuner import DONE_STATES, run_search
@@ -139,7 +153,7 @@ def transfer_study(
     unknown study or device, a source without complete trials, a name taken by another study,
     or a negative margin.
     """
-    from search.prepare import prepare
+    from search.prepare import check_budget, prepare
 
     if select not in SELECTIONS:
         raise UserError(f"unknown selection {select!r}; choose one of {', '.join(SELECTIONS)}.")
@@ -155,9 +169,9 @@ def transfer_study(
         raise UserError(f"study {source!r} has no complete trial with fine-tuned weights to transfer.")
 
     config, existing = target_config(src_record, source, name, device, storage_url, budget_ms, budget_fraction)
-    prepared = prepare(config, name=name, record=existing)  # a resumed target keeps its L0 and budget
-    dst = open_target(name, storage_url, existing, config, prepared, source, src_record)
-    record = study_record(dst)
+    # a resumed target keeps its L0 and budget; a new one's budget is checked after pass 1
+    prepared = prepare(config, name=name, record=existing, time_fastest=False)
+    preparing = time.perf_counter() - started
     target = _Target(
         ctx=prepared.context,
         device=target_device,
@@ -167,9 +181,28 @@ def transfer_study(
         source=source,
         references={p.policy_id: n for n, p in prepared.context.space.reference_policies().items()},
     )
-    skipped = list(carried["skipped"]) + _carry(carried["complete"] + carried["infeasible"], target, dst, map_margin)
+    held = load_study(name, storage_url).get_trials(deepcopy=False) if existing is not None else []
+    timed, left_out = _time_all(carried["complete"] + carried["infeasible"], target, held)  # pass 1
+    # a carried trial within the budget shows it is reachable (an untuned one is left out exactly when it fits)
+    reachable = bool(left_out) or any(c.timed.latency.latency_ms <= target.ctx.budget_ms for c in timed)
+    if existing is None and not reachable:
+        checking = time.perf_counter()
+        prepared = replace(prepared, fastest_latency_ms=check_budget(prepared.context))  # UserError: impossible
+        preparing += time.perf_counter() - checking
+    dst = open_target(name, storage_url, existing, config, prepared, source, src_record)
+    record = study_record(dst)
+    _settle_all(timed, target, dst, map_margin)  # pass 2
+    skipped = list(carried["skipped"]) + left_out
     seconds = record.get("transfer_seconds", 0.0) + time.perf_counter() - started
-    dst.set_user_attr(STUDY_ATTR, {**record, "transfer_seconds": round(seconds, 2), "map_margin": map_margin})
+    dst.set_user_attr(
+        STUDY_ATTR,
+        {
+            **record,
+            "transfer_seconds": round(seconds, 2),
+            "transfer_prepare_seconds": round(record.get("transfer_prepare_seconds", 0.0) + preparing, 2),
+            "map_margin": map_margin,
+        },
+    )
 
     continued, continue_seconds = 0, 0.0
     if continue_trials > 0:
@@ -233,36 +266,36 @@ def _measured_points(study, budget_ms: float) -> list[tuple[float, float]]:
 # --- carrying the trials -----------------------------------------------------------------
 
 
-def _carry(trials, target: _Target, study, margin: float) -> list[tuple[int, str]]:
-    """Both passes over the source `trials` not yet in `study` (see the module docstring); the left-out ones and why."""
-    done = {t.user_attrs.get("transferred_from") for t in study.get_trials(deepcopy=False)}
-    taken = {
-        Path(t.user_attrs["artifact"]).parent.name
-        for t in study.get_trials(deepcopy=False)
-        if t.user_attrs.get("artifact")
-    }
-    left_out, timed = [], []
-    for trial in trials:  # pass 1: the latency of every trial
-        if trial.number not in done:
-            one = _time(trial, target, taken)
-            if one.timed.left_out:
-                left_out.append((trial.number, one.timed.left_out))
-            else:
-                timed.append(one)
+def _time_all(trials, target: _Target, held) -> tuple[list[_Carry], list[tuple[int, str]]]:
+    """Pass 1 over the source `trials` not carried yet (`held`: the target's trials so far): built, then timed in
+    one session; the timed ones and the left-out ones with why."""
+    done = {t.user_attrs.get("transferred_from") for t in held}
+    taken = {Path(t.user_attrs["artifact"]).parent.name for t in held if t.user_attrs.get("artifact")}
+    todo = [t for t in trials if t.number not in done]
+    baseline = load_baseline(target.ctx.checkpoint) if any(t.user_attrs["status"] != "complete" for t in todo) else None
+    built = [_build(trial, target, taken, baseline) for trial in todo]
+    timed = time_together([b.timed for b in built], target.ctx)
+    carries = [replace(b, timed=t) for b, t in zip(built, timed, strict=True)]
+    kept = [c for c in carries if not c.timed.left_out]
+    left_out = [(c.trial.number, c.timed.left_out) for c in carries if c.timed.left_out]
+    return kept, left_out
+
+
+def _settle_all(carries, target: _Target, study, margin: float) -> None:
+    """Pass 2: each timed trial's mAP, fastest first (see the module docstring); added to `study` in that order."""
     budget = target.ctx.budget_ms
     measured = _measured_points(study, budget)
-    for one in sorted(timed, key=lambda c: (c.timed.latency.latency_ms, -c.source_map)):  # pass 2: mAP, lazily
+    for one in sorted(carries, key=lambda c: (c.timed.latency.latency_ms, -c.source_map)):
         feasible = one.timed.feasible(budget)
         validate = feasible and worth_validating(one.source_map, one.timed.latency.latency_ms, measured, margin)
         settled = _settle(one, target, study, validate)
         if feasible and settled.map_source != "carried":
             measured.append((settled.result.latency_ms, settled.result.map50_95))
-    return left_out
 
 
 @dataclass(frozen=True)
 class _Carry:
-    """A source trial timed on the target (pass 1), waiting for its mAP (pass 2)."""
+    """A source trial built (pass 1a) and timed (1b) on the target, waiting for its mAP (pass 2)."""
 
     trial: optuna.trial.FrozenTrial
     timed: TimedTrial
@@ -273,8 +306,8 @@ class _Carry:
         return self.trial.user_attrs["map50_95"]
 
 
-def _time(trial, target: _Target, taken: set) -> _Carry:
-    """Pass 1 for one source trial: its policy here, its artifact, its latency."""
+def _build(trial, target: _Target, taken: set, baseline) -> _Carry:
+    """Pass 1a for one source trial: its policy here and its artifact (copied, or built timing-only)."""
     attrs = trial.user_attrs
     policy, changes = map_precisions(Policy.from_dict(attrs["policy"]), target.ctx.space.offered)
     recipe, before = target.device.recipe_for(policy.recipe), policy.recipe or target.source_recipe
@@ -282,7 +315,7 @@ def _time(trial, target: _Target, taken: set) -> _Carry:
         changes += (_recipe_change(before, recipe),)
     folder = policy.policy_id if policy.policy_id not in taken else f"{policy.policy_id}-from-{trial.number}"
     taken.add(folder)
-    timed = time_carried(
+    built = build_carried(
         TrialResult.from_dict({f.name: attrs[f.name] for f in fields(TrialResult) if f.name in attrs}),
         policy,
         target.ctx,
@@ -290,8 +323,9 @@ def _time(trial, target: _Target, taken: set) -> _Carry:
         rebuild=bool(changes),
         # a mAP the source itself carried was measured on no artifact: never reused
         source_runtime=None if attrs.get("map_source") == "carried" else target.source_runtime,
+        baseline=baseline,
     )
-    return _Carry(trial, timed, changes)
+    return _Carry(trial, built, changes)
 
 
 def _settle(one: _Carry, target: _Target, study, validate: bool):

@@ -60,8 +60,12 @@ class TransferReport:
     map_margin: the margin of the lazy validation (`search.transfer.MAP_MARGIN`);
     map_sources: how many carried trials have a "reused", "revalidated" or "carried" mAP;
     validations_skipped: carried trials whose mAP was not validated although it could not
-    be reused (the "carried" ones); step_seconds: the carried trials' seconds per step
-    (artifact, latency, validate), summed; the rest of `seconds` is preparation and start-up.
+    be reused (the "carried" ones); step_seconds: the carried trials' seconds per step, summed:
+    "artifact" (copied or built timing-only), "latency" (each trial's share of the timing
+    session), "deploy" (the full build before a validation), "validate"; prepare_seconds:
+    the preparation (start-up, the target's reference and L0, a budget check when one was
+    needed; None for a transfer recorded before it was kept); the rest of `seconds` is the
+    studies' bookkeeping.
     front_measured: no trial with a carried mAP is on the front of the stored study as
     `search.front.pareto_front` computes it.
     """
@@ -92,6 +96,7 @@ class TransferReport:
     map_sources: dict
     validations_skipped: int
     step_seconds: dict
+    prepare_seconds: float | None
     front_measured: bool
 
     def to_dict(self) -> dict:
@@ -173,6 +178,7 @@ def transfer_report(
         map_sources={m: sources.count(m) for m in MAP_SOURCES},
         validations_skipped=sources.count("carried"),
         step_seconds=steps,
+        prepare_seconds=record.get("transfer_prepare_seconds"),
         front_measured=not stored_front & unmeasured,
     )
 

@@ -1,20 +1,35 @@
 """One carried trial of a transfer (`search.transfer`): the trial flow for a trial another device scored.
 
-Nothing is fine-tuned. The transfer runs two passes, one function each:
+Nothing is fine-tuned. The transfer runs two passes; the first in two steps:
 
-1. `time_carried`: the artifact is the source's file, copied, or re-built from the trial's
-   weights (untuned: as the screen) by the trial flow's own builders (`search.trial`), and
-   timed with `search.trial.time_artifact`: side by side with the study's reference, on
-   its L0 scale. Latency depends on structure and precision only, so this is the whole
-   latency story. An untuned trial that fits the budget here is left out.
+1. Latency, for every carried trial.
+   a. `build_carried`: the artifact is the source's file, copied, or re-built from the
+      trial's weights (untuned: from the pruned baseline, as the screen). A re-built INT8
+      artifact is built *timing-only* (`spaces.precision.build_artifact`: `TIMING_CALIBRATION`
+      images, no NNCF bias correction): it has the structure, hence the latency, of the
+      full build, and is used for nothing but timing.
+   b. `time_together`: every artifact of the pass is timed in ONE round-robin session with
+      the study's reference (`Device.measure_together`: each round runs the reference and
+      every artifact once, the order reversed every other round, so each artifact is still
+      alternated with the reference run by run, as `search.trial.time_artifact` pairs one).
+      The floors are the study's own (`ctx.timing`), per round: every artifact gets at
+      least `min_runs` runs and the session lasts at least `min_seconds`. Latency = ratio x
+      L0 (`ctx.reference_ms`), the p90 on the same scale; the timing dict is the trial
+      flow's (ratio, ratio_low, ratio_high, p50_ms, reference_p50_ms, host_drift, runs,
+      cached=False) plus `session` ("together (N artifacts)"). Each trial's "latency"
+      seconds are its share of the session. An untuned trial that fits the budget is left out.
 2. `settle_carried`: the mAP, from one of `MAP_SOURCES`:
    - "reused": the artifact is the source's file and the source's mAP was measured on it
      by this device's accuracy runtime: that mAP is this artifact's.
-   - "revalidated": validated here, on `ctx.val_images` images of the val split.
+   - "revalidated": validated here, on `ctx.val_images` images of the val split. A
+     timing-only artifact is first built in full (every calibration image, bias
+     correction: `search.trial.build_deployed`, or `build_screen` when untuned; step
+     "deploy"); it must have the timed artifact's structure hash (else a bug: RuntimeError),
+     so the latency of the session is its latency. The timing-only file is then removed.
    - "carried": the source's mAP, kept without measuring it here (the transfer decided it
      cannot reach the new front). It approximates the artifact's mAP for the sampler; it
      is not this artifact's measured mAP, so such a trial must never be on a front, be
-     exported or appear as measured.
+     exported or appear as measured. Its artifact stays the timing-only file when it was re-built.
 
 A measured result (reused, revalidated) is saved to `<ctx.outdir>/<folder>/result.json`,
 where the trial flow finds it and reuses it for the same policy. A carried one is saved
@@ -28,29 +43,39 @@ reused (a transfer without lazy validation).
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from evaluators.accuracy import measure_accuracy
+from evaluators.artifact import structure_hash
 from evaluators.registry import get_device
-from search.trial import TrialContext, TrialLatency, build_deployed, build_screen, time_artifact
+from search.checkpoint import load_baseline
+from search.trial import TrialContext, TrialLatency, build_deployed, build_screen
 from search.trial_result import Stopwatch, TrialResult, save_result, size_mb
 from spaces.policy import Policy
+from spaces.precision import build_artifact
+from spaces.pruning import apply_pruning
 
 MAP_SOURCES = ("reused", "revalidated", "carried")
 CARRIED_FILE = "carried.json"
+# A timing-only artifact's INT8 values do not matter, only its structure: a few images calibrate it.
+TIMING_CALIBRATION = 8
 
 
 @dataclass(frozen=True)
 class TimedTrial:
-    """Pass 1 of a carried trial: its artifact here and its latency, or why it is left out.
+    """A carried trial after pass 1: its artifact here and its latency, or why it is left out.
 
     source: the trial as its device recorded it. policy: what is deployed here. artifact:
-    the file timed (in `folder`). latency: None when left out. map_reusable: the artifact
-    is the source's file and the source's mAP was measured on it by this device's accuracy
-    runtime. seconds: wall seconds per step so far.
+    the file timed (in `folder`). latency: None when left out (or not timed yet, after
+    `build_carried`). map_reusable: the artifact is the source's file and the source's mAP
+    was measured on it by this device's accuracy runtime. timing_only: the artifact was
+    built timing-only; it must be built in full before it is validated. seconds: wall
+    seconds per step so far.
     """
 
     source: TrialResult
@@ -61,6 +86,7 @@ class TimedTrial:
     map_reusable: bool
     seconds: dict
     left_out: str = ""
+    timing_only: bool = False
 
     def feasible(self, budget_ms: float) -> bool:
         """A fine-tuned trial within `budget_ms` here: one that can be on the front."""
@@ -80,7 +106,7 @@ class Remeasured:
         return self.map_source == "reused"
 
 
-def time_carried(
+def build_carried(
     source: TrialResult,
     policy: Policy,
     ctx: TrialContext,
@@ -88,39 +114,85 @@ def time_carried(
     folder: str,
     rebuild: bool,
     source_runtime: str | None,
+    baseline=None,
 ) -> TimedTrial:
-    """Pass 1: build or copy the artifact of a trial another device scored, and time it on `ctx.device`.
+    """Pass 1a: the artifact to time for a trial another device scored, in `<ctx.outdir>/<folder>/` (not timed yet).
 
     source: "complete" (`source.weights` holds its fine-tuned model) or "infeasible"
-    (untuned, over the source's budget). The artifact is `source.artifact`, copied into
-    `<ctx.outdir>/<folder>/`, unless `rebuild` or the file is gone; then it is built as
-    `search.trial.evaluate_policy` builds it, from the weights or (untuned) as the screen.
-    source_runtime: the accuracy runtime the source's mAP was measured on, on that file
-    (None: it was not measured on it, e.g. a mAP the source itself carried). An untuned
-    trial that fits `ctx.budget_ms` here is left out: its untuned mAP would mislead the sampler.
+    (untuned, over the source's budget). The artifact is `source.artifact`, copied, unless
+    `rebuild` or the file is gone; then it is built from the weights or (untuned) from the
+    pruned baseline, timing-only when any unit is INT8 (`model-timing.onnx` /
+    `screen-timing.onnx`; else the build is the full one). source_runtime: the accuracy
+    runtime the source's mAP was measured on, on that file (None: it was not measured on it,
+    e.g. a mAP the source itself carried). baseline: the loaded checkpoint model, when the
+    caller has it (an untuned rebuild loads it otherwise).
     """
     out = Path(ctx.outdir) / folder
     out.mkdir(parents=True, exist_ok=True)
     watch = Stopwatch()
     device = get_device(ctx.device)
-    recipe = device.recipe_for(policy.recipe)
     complete = source.status == "complete"
-    path = out / ("model.onnx" if complete else "screen.onnx")
+    name = "model" if complete else "screen"
     copied = not rebuild and Path(source.artifact).is_file()
+    timing_only = not copied and "int8" in policy.precision.values()
+    path = out / (f"{name}-timing.onnx" if timing_only else f"{name}.onnx")
     if copied:
         shutil.copyfile(source.artifact, path)
-    elif complete:
-        build_deployed(torch.load(source.weights, map_location="cpu", weights_only=False), policy, ctx, recipe, path)
     else:
-        build_screen(policy, ctx, recipe, path)
+        if complete:
+            model = torch.load(source.weights, map_location="cpu", weights_only=False)
+        else:
+            baseline = baseline if baseline is not None else load_baseline(ctx.checkpoint)
+            model = _pruned(baseline, policy, ctx)
+        build_artifact(
+            model,
+            policy.precision,
+            path,
+            imgsz=ctx.imgsz,
+            names=model.names,
+            calibration_images=list(ctx.calibration_images)[:TIMING_CALIBRATION],
+            recipe=device.recipe_for(policy.recipe),
+            timing_only=timing_only,
+        )
     watch.lap("artifact")
-    latency = time_artifact(device, path, ctx)
-    watch.lap("latency")
     reusable = copied and source_runtime == device.accuracy_runtime
-    if not complete and latency.latency_ms <= ctx.budget_ms:
-        fits = f"untuned, and it fits the budget on {ctx.device} ({latency.latency_ms:.2f} ms): left to the search to fine-tune"
-        return TimedTrial(source, policy, out, path, None, reusable, watch.seconds, left_out=fits)
-    return TimedTrial(source, policy, out, path, latency, reusable, watch.seconds)
+    return TimedTrial(source, policy, out, path, None, reusable, watch.seconds, timing_only=timing_only)
+
+
+def time_together(built: Sequence[TimedTrial], ctx: TrialContext) -> list[TimedTrial]:
+    """Pass 1b: time every built artifact with the study's reference in one session (see the module docstring).
+
+    Returns the trials in the same order, each with its latency, or left out: an untuned
+    trial that fits `ctx.budget_ms` here (its untuned mAP would mislead the sampler).
+    """
+    if not built:
+        return []
+    device = get_device(ctx.device)
+    start = time.perf_counter()
+    measured = device.measure_together([ctx.reference_artifact, *(b.artifact for b in built)], settings=ctx.timing)
+    share = round((time.perf_counter() - start) / len(built), 2)
+    session = f"together ({len(built)} artifact{'s' if len(built) != 1 else ''})"
+    timed = []
+    for one, m in zip(built, measured[1:], strict=True):
+        scale = ctx.reference_ms / m.reference_p50_ms
+        timing = {
+            "ratio": m.ratio,
+            "ratio_low": m.ratio_low,
+            "ratio_high": m.ratio_high,
+            "p50_ms": m.p50_ms,
+            "reference_p50_ms": m.reference_p50_ms,
+            "host_drift": m.host_drift,
+            "runs": m.runs,
+            "cached": False,
+            "session": session,
+        }
+        latency = TrialLatency(m.latency_ms(ctx.reference_ms), m.p90_ms * scale, timing)
+        left_out = ""
+        if one.source.status != "complete" and latency.latency_ms <= ctx.budget_ms:
+            left_out = f"untuned, and it fits the budget on {ctx.device} ({latency.latency_ms:.2f} ms): left to the search to fine-tune"
+        seconds = {**one.seconds, "latency": share}
+        timed.append(replace(one, latency=None if left_out else latency, seconds=seconds, left_out=left_out))
+    return timed
 
 
 def settle_carried(timed: TimedTrial, ctx: TrialContext, *, validate: bool, origin: str) -> Remeasured:
@@ -128,19 +200,23 @@ def settle_carried(timed: TimedTrial, ctx: TrialContext, *, validate: bool, orig
 
     The result ("<origin>; no fine-tuning spent") is saved to `result.json` in the trial's
     folder when its mAP is measured, to `carried.json` when it is carried (see the module docstring).
+    RuntimeError (a bug) if the full build of a timing-only artifact differs from it in structure.
     """
     if timed.latency is None:
         return Remeasured(None, left_out=timed.left_out)
-    source, latency = timed.source, timed.latency
+    source, latency, artifact = timed.source, timed.latency, timed.artifact
     device = get_device(ctx.device)
     seconds = dict(timed.seconds)
     if timed.map_reusable:
         map_source, acc = "reused", source
     elif validate:
         watch = Stopwatch()
+        if timed.timing_only:
+            artifact = _build_in_full(timed, ctx)
+            watch.lap("deploy")
         map_source = "revalidated"
         acc = measure_accuracy(
-            timed.artifact,
+            artifact,
             Path(ctx.data_yaml),
             imgsz=ctx.imgsz,
             runtime=device.accuracy_runtime,
@@ -166,13 +242,13 @@ def settle_carried(timed: TimedTrial, ctx: TrialContext, *, validate: bool, orig
         latency_ms=latency.latency_ms,
         latency_p90_ms=latency.latency_p90_ms,
         timing=latency.timing,
-        size_mb=size_mb(timed.artifact),
+        size_mb=size_mb(artifact),
         macs=source.macs,
         params=source.params,
         fingerprint=device.fingerprint().to_dict(),
         reason=reason,
         epoch_maps=source.epoch_maps,
-        artifact=str(timed.artifact),
+        artifact=str(artifact),
         weights=source.weights if complete else "",
         seconds=seconds,
     )
@@ -192,8 +268,34 @@ def remeasure_policy(
 ) -> Remeasured:
     """Both passes for one trial another device scored: timed here, its mAP reused or validated here.
 
-    See `time_carried` and `settle_carried`; nothing is fine-tuned, and an untuned trial
-    that fits `ctx.budget_ms` here is left out with nothing saved.
+    See `build_carried`, `time_together` and `settle_carried`; nothing is fine-tuned, and an
+    untuned trial that fits `ctx.budget_ms` here is left out with nothing saved.
     """
-    timed = time_carried(source, policy, ctx, folder=folder, rebuild=rebuild, source_runtime=source_runtime)
+    built = build_carried(source, policy, ctx, folder=folder, rebuild=rebuild, source_runtime=source_runtime)
+    (timed,) = time_together([built], ctx)
     return settle_carried(timed, ctx, validate=True, origin=origin)
+
+
+def _pruned(baseline, policy: Policy, ctx: TrialContext):
+    """The untuned model of `policy`, pruned as `search.trial.build_screen` prunes it (names set)."""
+    pruned = apply_pruning(
+        baseline, policy.pruning, imgsz=ctx.imgsz, importance=ctx.pruning_importance, round_to=ctx.pruning_round_to
+    ).model
+    pruned.names = baseline.names
+    return pruned
+
+
+def _build_in_full(timed: TimedTrial, ctx: TrialContext) -> Path:
+    """The full build of a timing-only artifact (`model.onnx` / `screen.onnx` beside it), checked to share its structure."""
+    recipe = get_device(ctx.device).recipe_for(timed.policy.recipe)
+    if timed.source.status == "complete":
+        model = torch.load(timed.source.weights, map_location="cpu", weights_only=False)
+        path = build_deployed(model, timed.policy, ctx, recipe, timed.folder / "model.onnx")
+    else:
+        path = build_screen(timed.policy, ctx, recipe, timed.folder / "screen.onnx")[2].path
+    if structure_hash(path) != structure_hash(timed.artifact):
+        raise RuntimeError(
+            f"the full build {path} differs in structure from the timing-only artifact {timed.artifact} it was timed as"
+        )
+    timed.artifact.unlink()
+    return path

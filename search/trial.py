@@ -8,8 +8,8 @@ Survivors are fine-tuned with their distillation settings, re-built with the ful
 calibration set, and scored on the artifact that would be deployed.
 
 Latency is the artifact's ratio to the study's reference artifact, timed side by side,
-times L0 (`time_artifact`). A transfer re-measures trials another device scored with the
-same builders (`search.transfer_trial`).
+times L0 (`time_artifact`). A transfer re-measures trials another device scored in
+`search.transfer_trial`.
 
 Every trial writes into `<outdir>/<policy_id>/`; a `result.json` there (written atomically)
 means the policy was already evaluated in this study and is reused, not recomputed.

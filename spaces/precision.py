@@ -16,6 +16,10 @@ says, per unit, "int8", "bf16", "fp16" or "fp32"; `build_artifact` turns a (prun
    `FP32_NODES_KEY` = the JSON list of the fp32 units' node names (kept FP32 at run time).
    The int8 units of such an artifact run INT8 and its other float nodes bf16.
 
+An artifact built `timing_only` has the structure (`evaluators.artifact.structure_hash`),
+hence the latency, of the full build but rougher INT8 values: the quantizer skips what only
+moves values (`spaces.quantizers`). It is for timing alone, never for validation or deployment.
+
 INT8 and FP16 mix in one graph: quantization runs first, then FP16 converts only the
 fp16 units' original nodes; Q/DQ pairs, QOperator nodes and int8 weights are left alone.
 By default the head's final prediction convs (the last conv of each box/class branch),
@@ -136,12 +140,14 @@ def build_artifact(
     recipe: Int8Recipe = Int8Recipe(),
     default: str = "fp32",
     keep_head_float: bool = True,
+    timing_only: bool = False,
 ) -> Artifact:
     """Write one ONNX file realizing `precisions` (unit -> "int8" | "bf16" | "fp16" | "fp32") for `model`.
 
     Units not in the map get `default`. `calibration_images` (files, preprocessed like
     Ultralytics' predictor) calibrate INT8 and are required when any unit is INT8; how many
-    to use is the caller's choice (32 is a fair start). The model is not modified.
+    to use is the caller's choice (32 is a fair start; a timing-only build needs a few).
+    timing_only: an artifact to time and nothing else (see the module docstring). The model is not modified.
     Raises `UserError` for an unknown unit or precision, or INT8 without images.
     """
     start = time.perf_counter()
@@ -159,7 +165,7 @@ def build_artifact(
         fp16 = {n for u, p in per_unit.items() if p == "fp16" for n in units[u]}
         if int8:
             calib = preprocess_images(calibration_images, imgsz, stride=int(props["stride"]))
-            graph = get_quantizer(recipe.quantizer)(fp32, int8, calib, recipe, Path(tmp))
+            graph = get_quantizer(recipe.quantizer)(fp32, int8, calib, recipe, Path(tmp), timing_only=timing_only)
         if fp16:
             graph = to_fp16(graph, fp16)
         set_metadata(graph, {**props, **execution_metadata(per_unit, units, graph)})  # quantizers drop metadata_props

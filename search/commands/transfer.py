@@ -98,7 +98,8 @@ def print_report(report) -> None:
         f"in {r.seconds / 60:.1f} min{share}, no fine-tuning"
     )
     steps = ", ".join(f"{step} {s / 60:.1f}" for step, s in r.step_seconds.items())
-    print(f"time per step (min): {steps or 'none'}; the rest: start-up, preparation, trials left out")
+    prepared = "" if r.prepare_seconds is None else f"preparation {r.prepare_seconds / 60:.1f}; "
+    print(f"time per step (min): {steps or 'none'}; {prepared}the rest: start-up, trials left out, bookkeeping")
     margin = "" if r.map_margin is None else f" (margin {r.map_margin:g})"
     print(
         f"mAP: {r.map_sources['reused']} reused, {r.map_sources['revalidated']} validated again, "

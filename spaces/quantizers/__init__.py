@@ -4,13 +4,17 @@ A quantizer writes INT8 into an FP32 ONNX export for exactly the named nodes and
 every other node as it is:
 
     quantize(fp32: Path, nodes: Sequence[str], calibration: np.ndarray, recipe: Int8Recipe,
-             workdir: Path) -> onnx.ModelProto
+             workdir: Path, *, timing_only: bool = False) -> onnx.ModelProto
 
 fp32: the FP32 export (`spaces.onnx_export.export_onnx`). nodes: names of the nodes to run in
 INT8. calibration: preprocessed images, float32 (N, 3, H, W) in [0, 1], one per calibration
 batch. recipe: how the device wants INT8 expressed (the quantizer honours its format, types,
 symmetry, per-channel and calibration fields as far as its library can). workdir: a scratch
-folder the caller removes. Returns the quantized graph; its `metadata_props` may be lost.
+folder the caller removes. timing_only: the graph is built only to be timed; the quantizer
+may skip any step that changes values but never the graph's structure (NNCF skips its bias
+correction), so the graph has the `evaluators.artifact.structure_hash` (hence the latency) of
+the full quantization, with rougher values; such a graph must never be validated or deployed.
+Returns the quantized graph; its `metadata_props` may be lost.
 
 `recipe.quantizer` names the quantizer (`get_quantizer`); a new one is a new file here and
 one line in QUANTIZERS. Each imports its library inside `quantize`, so importing this
@@ -19,8 +23,9 @@ package never needs NNCF.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -28,7 +33,21 @@ import onnx
 from evaluators.vocabulary import Int8Recipe, UserError
 from spaces.quantizers import nncf, ort
 
-Quantizer = Callable[[Path, Sequence[str], np.ndarray, Int8Recipe, Path], onnx.ModelProto]
+
+class Quantizer(Protocol):
+    """The signature every quantizer implements (see the module docstring)."""
+
+    def __call__(
+        self,
+        fp32: Path,
+        nodes: Sequence[str],
+        calibration: np.ndarray,
+        recipe: Int8Recipe,
+        workdir: Path,
+        *,
+        timing_only: bool = False,
+    ) -> onnx.ModelProto: ...
+
 
 QUANTIZERS: dict[str, Quantizer] = {
     "ort": ort.quantize,

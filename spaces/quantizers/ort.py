@@ -2,6 +2,8 @@
 
 Writes Q/DQ pairs or QOperator nodes (`recipe.fmt`), with the recipe's activation and weight
 types, symmetry, per-channel weight scales and calibration method; only `nodes` are quantized.
+A timing-only graph is built the same way (its cost is the calibration, which the caller
+keeps short by passing few images).
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ class _Calibration:
 
 
 def quantize(
-    fp32: Path, nodes: Sequence[str], calibration: np.ndarray, recipe: Int8Recipe, workdir: Path
+    fp32: Path,
+    nodes: Sequence[str],
+    calibration: np.ndarray,
+    recipe: Int8Recipe,
+    workdir: Path,
+    *,
+    timing_only: bool = False,
 ) -> onnx.ModelProto:
     """INT8 for `nodes` of the FP32 export `fp32` (see `spaces.quantizers` for the contract)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static

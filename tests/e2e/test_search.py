@@ -68,6 +68,13 @@ def test_front_command(smoke_study, tmp_path, capsys):
     assert len(rows) == len(pareto_front(table)) >= 1
     assert main([*args, "--all", "--csv", str(tmp_path / "all.csv")]) == 0
     assert len((tmp_path / "all.csv").read_text().splitlines()) == SMOKE_TRIALS + 1
+    capsys.readouterr()
+    assert main([*args, "--retime"]) == 0  # the front and the baseline timed together, now
+    shown = capsys.readouterr().out
+    session = load_study(smoke_study.name, smoke_study.storage).user_attrs["front_timing"]
+    assert "speedup (95%)" in shown and f"at {session['when']}" in shown
+    assert set(session["members"]) == {str(r["trial"]) for r in rows}
+    assert all(m["speedup_low"] <= m["speedup"] <= m["speedup_high"] for m in session["members"].values())
 
 
 def test_export_bundle_validates_and_reproduces(smoke_study, tmp_path):

@@ -1,6 +1,7 @@
-"""`squeezefit transfer`: a finished study carried to new devices — new latency, paired with the
-target's reference; mAP reused, re-validated or (where it cannot reach the front) carried, never
-fine-tuned — its resume, and its search continued warm.
+"""`squeezefit transfer`: a finished study carried to new devices — new latency, every artifact
+timed in one session with the target's reference (re-built INT8 artifacts timing-only, built in
+full only to be validated); mAP reused, re-validated or (where it cannot reach the front) carried,
+never fine-tuned — its resume, an impossible budget, and its search continued warm.
 
 The source is the real smoke pipeline (`squeezefit search studies/smoke.yaml`, 7 trials),
 the session's shared `smoke_study` fixture. To iterate on a machine
@@ -27,7 +28,7 @@ from evaluators.base import Fingerprint
 from evaluators.paths import squeezefit_home
 from search.cli import main
 from search.front import pareto_front, trials_table
-from search.study import STUDY_ATTR, load_study, study_record
+from search.study import STUDY_ATTR, load_study, study_exists, study_record
 from search.transfer import MAP_MARGIN, target_name, worth_validating
 from search.transfer_trial import MAP_SOURCES
 
@@ -155,6 +156,12 @@ def test_every_complete_trial_is_carried_with_a_new_latency(source, carried, dev
                 assert t.distributions[key] == s.distributions[key], key
                 assert t.params[key] == (pytest.approx(value) if isinstance(value, float) else value), key
     assert len(report["trials"]) == len(by_source)
+    # one session for all: the reference's median is the same for every trial
+    sessions = {(t.user_attrs["timing"]["session"], t.user_attrs["timing"]["reference_p50_ms"]) for t in dst.trials}
+    assert len(sessions) == 1 and next(iter(sessions))[0].startswith("together (")
+    assert all(t.user_attrs["timing"]["runs"] >= 30 and not t.user_attrs["timing"]["cached"] for t in dst.trials)
+    # a carried trial within the budget showed it reachable: the space's fastest corner was not timed
+    assert not list(Path(record["outdir"]).glob("fastest-*.onnx")) and report["prepare_seconds"] > 0
 
 
 def test_no_fine_tuning_ran(carried):
@@ -180,6 +187,13 @@ def test_openvino_revalidates_and_ort_with_more_threads_reuses(source, carried):
         assert a["map_source"] == ("revalidated" if feasible else "carried"), t.number
         uses_int8 = "int8" in a["policy"]["precision"].values()
         assert a["changed"] == uses_int8 and any("INT8 recipe" in c for c in a["changes"]) == uses_int8
+        # re-built INT8: timed timing-only, built in full only where validated (no timing-only file left there)
+        name = "model" if a["status"] == "complete" else "screen"
+        deployed = a["map_source"] == "revalidated" or not uses_int8
+        assert Path(a["artifact"]).name == (f"{name}.onnx" if deployed else f"{name}-timing.onnx"), t.number
+        assert not (deployed and uses_int8 and (Path(a["artifact"]).parent / f"{name}-timing.onnx").exists())
+        if uses_int8 and a["map_source"] == "revalidated":
+            assert a["seconds"]["deploy"] > 0
     assert _replay_lazy_rule(ov_report, ov, 1.0).get((True, "revalidated")), "the smoke study has a feasible trial"
     for t in ort.trials:
         a = t.user_attrs
@@ -272,6 +286,16 @@ def test_a_resumed_transfer_keeps_its_reference_latency_and_budget(source):
         a = t.user_attrs
         assert a["latency_ms"] == pytest.approx(a["timing"]["ratio"] * record["baseline_latency_ms"]), t.number
         assert Path(a["artifact"]).is_relative_to(record["outdir"]), t.number
+
+
+def test_an_impossible_budget_is_a_user_error_before_the_target_exists(source, capsys):
+    """No carried trial fits 0.001 ms: the space's fastest corner is timed, and it does not fit either."""
+    url, name = source
+    dst_name = f"{name}-impossible"
+    command = ["transfer", "--study", name, "--storage", url, "--device", "ort-cpu:2", "--name", dst_name]
+    assert main([*command, "--budget-ms", "0.001"]) == 2
+    assert "is below the fastest policy the space allows" in capsys.readouterr().err
+    assert not study_exists(dst_name, url)
 
 
 def test_continue_runs_more_trials_on_the_warm_study(source):

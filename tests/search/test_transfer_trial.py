@@ -1,11 +1,13 @@
 """One carried trial (`search.transfer_trial`) on a real YOLO11n at 64 px: the artifact is copied or
-re-built, timed side by side with the study's reference on its L0 scale, and its mAP reused,
-validated again or carried exactly as documented; nothing is fine-tuned."""
+re-built (INT8: timing-only), timed in one session with the study's reference on its L0 scale, and
+its mAP reused, validated again (after the full build) or carried exactly as documented; nothing is
+fine-tuned."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,10 +16,18 @@ import torch
 from ultralytics.nn.tasks import DetectionModel
 
 from evaluators.accuracy import measure_accuracy
+from evaluators.artifact import structure_hash
 from evaluators.base import TimingSettings
+from evaluators.datasets import split_images
 from evaluators.vocabulary import Int8Recipe
 from search.embedded.data import DatasetSpec, generate_dataset
-from search.transfer_trial import CARRIED_FILE, remeasure_policy, settle_carried, time_carried
+from search.transfer_trial import (
+    CARRIED_FILE,
+    build_carried,
+    remeasure_policy,
+    settle_carried,
+    time_together,
+)
 from search.trial import TrialContext, build_deployed, evaluate_policy
 from search.trial_result import TrialResult
 from spaces.onnx_export import export_onnx
@@ -122,6 +132,13 @@ def source(model, checkpoint, data_yaml, tmp_path_factory) -> TrialResult:
     )
 
 
+def _timed(source, ctx, policy=None, **options):
+    """Pass 1 for one trial (built, then timed alone with the reference)."""
+    settings = {"folder": "carried", "rebuild": True, "source_runtime": "onnxruntime", **options}
+    (timed,) = time_together([build_carried(source, policy or Policy.from_dict(source.policy), ctx, **settings)], ctx)
+    return timed
+
+
 def _remeasure(source, ctx, **options):
     settings = {"folder": "carried", "rebuild": False, "source_runtime": "onnxruntime", "origin": "from trial 3"}
     return remeasure_policy(source, Policy.from_dict(source.policy), ctx, **{**settings, **options})
@@ -137,6 +154,7 @@ def test_unchanged_trial_copies_its_artifact_and_reuses_its_map(source, context,
     assert (r.map50_95, r.map50) == SOURCE_MAP and r.latency_ms != source.latency_ms
     # timed side by side with the reference, on the study's scale
     assert r.timing["ratio"] > 0 and r.latency_ms == pytest.approx(r.timing["ratio"] * L0)
+    assert r.timing["session"] == "together (1 artifact)" and not r.timing["cached"]
     assert r.fingerprint["runtime"] == "onnxruntime" and list(r.seconds) == ["artifact", "latency"]
     assert (r.status, r.weights, r.macs, r.epoch_maps) == ("complete", source.weights, source.macs, (0.1, 0.12))
     assert r.reason == "from trial 3; no fine-tuning spent"
@@ -164,14 +182,8 @@ def test_another_runtime_a_change_or_an_unmeasured_source_map_validates_again(so
 
 def test_a_map_not_validated_is_carried_and_never_reused_by_the_trial_flow(source, context, tmp_path):
     ctx = context()
-    timed = time_carried(
-        source,
-        Policy.from_dict(source.policy),
-        ctx,
-        folder=source.policy_id,
-        rebuild=True,
-        source_runtime="onnxruntime",
-    )
+    timed = _timed(source, ctx, folder=source.policy_id)
+    assert not timed.timing_only, "an fp32 policy's build is the full build"
     assert timed.feasible(ctx.budget_ms) and not timed.map_reusable and timed.latency.latency_ms > 0
     assert not timed.feasible(timed.latency.latency_ms / 2)
     settled = settle_carried(timed, ctx, validate=False, origin="from trial 3")
@@ -183,9 +195,7 @@ def test_a_map_not_validated_is_carried_and_never_reused_by_the_trial_flow(sourc
     assert TrialResult.from_dict(json.loads((folder / CARRIED_FILE).read_text())) == r
     assert not (folder / "result.json").exists(), "the trial flow must not find a mAP nobody measured"
     # a reusable mAP is reused whatever the transfer decides
-    copied = time_carried(
-        source, Policy.from_dict(source.policy), ctx, folder="copied", rebuild=False, source_runtime="onnxruntime"
-    )
+    copied = _timed(source, ctx, folder="copied", rebuild=False)
     assert settle_carried(copied, ctx, validate=False, origin="x").map_source == "reused"
 
 
@@ -205,7 +215,50 @@ def test_untuned_trial_is_kept_only_while_over_the_budget(source, context, tmp_p
     r = slow.result
     assert r.status == "infeasible" and Path(r.artifact).name == "screen.onnx" and r.weights == ""
     assert r.reason == f"p50 {r.latency_ms:.2f} ms is over the 0.00 ms budget; from trial 3; no fine-tuning spent"
-    timed = time_carried(
-        untuned, Policy.from_dict(untuned.policy), context(budget_ms=0.0), folder="s2", rebuild=True, source_runtime=""
-    )
+    timed = _timed(untuned, context(budget_ms=0.0), folder="s2", source_runtime="")
     assert not timed.feasible(0.0)  # over the budget: never a candidate for the front
+
+
+def test_a_rebuilt_int8_trial_is_timed_timing_only_and_built_in_full_only_to_validate(source, context, data_yaml):
+    """Two INT8 trials (NNCF, the policy's own recipe) timed in one session; the one validated is built in full
+    (bias correction, every calibration image) with the structure it was timed with; the other keeps its
+    timing-only artifact and the source's mAP."""
+    _, train = split_images(data_yaml, "train")
+    ctx = context(calibration_images=tuple(str(p) for p in train))
+    nncf = Int8Recipe(quantizer="nncf", symmetric_activations=True)
+    policy = Policy(pruning=RATIOS, precision={"model.2": "int8", "model.4": "int8"}, recipe=nncf)
+    built = [
+        build_carried(source, policy, ctx, folder=folder, rebuild=True, source_runtime="onnxruntime")
+        for folder in ("validated", "carried")
+    ]
+    assert all(b.timing_only and b.artifact.name == "model-timing.onnx" and b.latency is None for b in built)
+    hashes = [structure_hash(b.artifact) for b in built]
+    timed = time_together(built, ctx)
+    for one in timed:
+        t = one.latency.timing
+        assert t["session"] == "together (2 artifacts)" and t["runs"] >= FAST_TIMING.min_runs and not t["cached"]
+        assert one.latency.latency_ms == pytest.approx(t["ratio"] * L0) and list(one.seconds) == ["artifact", "latency"]
+    assert timed[0].latency.timing["reference_p50_ms"] == timed[1].latency.timing["reference_p50_ms"]  # one session
+
+    validated = settle_carried(timed[0], ctx, validate=True, origin="from trial 3").result
+    assert Path(validated.artifact).name == "model.onnx" and not timed[0].artifact.exists()
+    assert structure_hash(validated.artifact) == hashes[0], "the latency of the session is the deployed artifact's"
+    assert validated.latency_ms == timed[0].latency.latency_ms
+    assert list(validated.seconds) == ["artifact", "latency", "deploy", "validate"]
+    acc = measure_accuracy(Path(validated.artifact), data_yaml, imgsz=IMGSZ, max_images=4, workdir=timed[0].folder)
+    assert (validated.map50_95, validated.map50) == (acc.map50_95, acc.map50)
+
+    carried = settle_carried(timed[1], ctx, validate=False, origin="from trial 3")
+    assert carried.map_source == "carried" and Path(carried.result.artifact) == timed[1].artifact
+    assert timed[1].artifact.is_file() and (carried.result.map50_95, carried.result.map50) == SOURCE_MAP
+
+
+def test_a_full_build_of_another_structure_than_the_timed_one_is_a_bug(source, context, reference, tmp_path):
+    ctx = context()
+    timed = _timed(source, ctx, folder="swapped", rebuild=False)
+    other = tmp_path / "other.onnx"
+    shutil.copyfile(reference, other)  # the unpruned model: another structure than the trial's
+    with pytest.raises(RuntimeError, match="differs in structure"):
+        settle_carried(
+            replace(timed, artifact=other, timing_only=True, map_reusable=False), ctx, validate=True, origin="x"
+        )

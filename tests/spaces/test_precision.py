@@ -253,6 +253,26 @@ def test_quantizer_writes_int8_for_exactly_the_named_nodes(name, fp32, images, t
     assert run_ort(tmp_path / "q.onnx").shape == (1, 14, 84)
 
 
+@pytest.mark.parametrize("name", sorted(QUANTIZERS))
+def test_a_timing_only_build_has_the_structure_of_the_full_build(name, model, images, tmp_path):
+    """Same policy, same model: the timing-only artifact (one calibration image) has the full build's
+    structure hash, hence its latency; NNCF's differs in values only (no bias correction)."""
+    if name == "nncf":
+        pytest.importorskip("nncf")
+    recipe = Int8Recipe(quantizer=name, symmetric_activations=name == "nncf")
+    build = dict(imgsz=IMGSZ, names=NAMES, recipe=recipe)
+    full = build_artifact(model, MIXED, tmp_path / "full.onnx", calibration_images=images, **build)
+    timing = build_artifact(model, MIXED, tmp_path / "t.onnx", calibration_images=images[:1], timing_only=True, **build)
+    assert structure_hash(timing.path) == structure_hash(full.path)
+    assert timing.counts == full.counts and timing.counts.int8_weights > 0
+    if name == "nncf":  # the same images: only the skipped bias correction can make the values differ
+        same_images = build_artifact(
+            model, MIXED, tmp_path / "s.onnx", calibration_images=images, timing_only=True, **build
+        )
+        assert structure_hash(same_images.path) == structure_hash(full.path)
+        assert same_images.path.read_bytes() != full.path.read_bytes()
+
+
 def test_bad_requests_are_user_errors(model, images, tmp_path):
     with pytest.raises(UserError, match="model.99"):
         build_artifact(model, {"model.99": "fp16"}, tmp_path / "x.onnx", imgsz=IMGSZ, names=NAMES)
