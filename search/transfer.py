@@ -13,7 +13,8 @@ passes over the carried trials (each step of one trial is in `search.transfer_tr
    artifact file is the artifact (copied): rebuilding it would only risk drift in what was
    scored (if the file is gone it is rebuilt from the weights). A re-built INT8 artifact is
    built timing-only (few calibration images, no bias correction: the structure, hence the
-   latency, of the full build). All artifacts are then timed in ONE round-robin session
+   latency, of the full build), in up to `BUILD_WORKERS` processes at once (nothing is
+   timed while they build). All artifacts are then timed in ONE round-robin session
    with the target's reference artifact (each artifact alternated with the reference run
    by run, with the study's floors per round), on the target's L0 scale: a new
    fingerprint, so never a source value. The budget is checked here rather than in the
@@ -66,7 +67,11 @@ needed, the budget check).
 from __future__ import annotations
 
 import datetime
+import functools
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -75,9 +80,9 @@ from optuna.trial import TrialState
 
 from evaluators.accuracy import RUNTIMES
 from evaluators.base import Device
+from evaluators.environment import ensure_offline
 from evaluators.registry import get_device
 from evaluators.vocabulary import Int8Recipe, UserError
-from search.checkpoint import load_baseline
 from search.study import STUDY_ATTR, load_study, study_record
 from search.transfer_report import TransferReport, transfer_report
 from search.transfer_target import SELECTIONS, open_target, select_trials, target_config
@@ -96,6 +101,8 @@ FALLBACK_PRECISION = "fp32"
 # benchmarks/results/transfer.md): the largest move rounded up. A trial whose source mAP
 # plus this is not above a measured mAP at equal or lower latency is not validated.
 MAP_MARGIN = 0.01
+# Processes that build carried artifacts at once (one torch thread each), at most the cores.
+BUILD_WORKERS = 2
 
 
 def target_name(source: str, device: str) -> str:
@@ -272,10 +279,10 @@ def _time_all(trials, target: _Target, held) -> tuple[list[_Carry], list[tuple[i
     done = {t.user_attrs.get("transferred_from") for t in held}
     taken = {Path(t.user_attrs["artifact"]).parent.name for t in held if t.user_attrs.get("artifact")}
     todo = [t for t in trials if t.number not in done]
-    baseline = load_baseline(target.ctx.checkpoint) if any(t.user_attrs["status"] != "complete" for t in todo) else None
-    built = [_build(trial, target, taken, baseline) for trial in todo]
-    timed = time_together([b.timed for b in built], target.ctx)
-    carries = [replace(b, timed=t) for b, t in zip(built, timed, strict=True)]
+    plans = [_plan(trial, target, taken) for trial in todo]
+    built = _build_all(plans, target.ctx)
+    timed = time_together(built, target.ctx)
+    carries = [_Carry(trial, t, plan.changes) for trial, plan, t in zip(todo, plans, timed, strict=True)]
     kept = [c for c in carries if not c.timed.left_out]
     left_out = [(c.trial.number, c.timed.left_out) for c in carries if c.timed.left_out]
     return kept, left_out
@@ -306,8 +313,29 @@ class _Carry:
         return self.trial.user_attrs["map50_95"]
 
 
-def _build(trial, target: _Target, taken: set, baseline) -> _Carry:
-    """Pass 1a for one source trial: its policy here and its artifact (copied, or built timing-only)."""
+@dataclass(frozen=True)
+class _Plan:
+    """What pass 1a builds for one source trial (picklable: builds may run in worker processes)."""
+
+    source: TrialResult
+    policy: Policy
+    changes: tuple[str, ...]
+    folder: str
+    source_runtime: str | None
+
+    def build(self, ctx: TrialContext) -> TimedTrial:
+        return build_carried(
+            self.source,
+            self.policy,
+            ctx,
+            folder=self.folder,
+            rebuild=bool(self.changes),
+            source_runtime=self.source_runtime,
+        )
+
+
+def _plan(trial, target: _Target, taken: set) -> _Plan:
+    """Pass 1a for one source trial, planned: its policy here, what changed, its folder."""
     attrs = trial.user_attrs
     policy, changes = map_precisions(Policy.from_dict(attrs["policy"]), target.ctx.space.offered)
     recipe, before = target.device.recipe_for(policy.recipe), policy.recipe or target.source_recipe
@@ -315,17 +343,38 @@ def _build(trial, target: _Target, taken: set, baseline) -> _Carry:
         changes += (_recipe_change(before, recipe),)
     folder = policy.policy_id if policy.policy_id not in taken else f"{policy.policy_id}-from-{trial.number}"
     taken.add(folder)
-    built = build_carried(
-        TrialResult.from_dict({f.name: attrs[f.name] for f in fields(TrialResult) if f.name in attrs}),
-        policy,
-        target.ctx,
+    return _Plan(
+        source=TrialResult.from_dict({f.name: attrs[f.name] for f in fields(TrialResult) if f.name in attrs}),
+        policy=policy,
+        changes=changes,
         folder=folder,
-        rebuild=bool(changes),
         # a mAP the source itself carried was measured on no artifact: never reused
         source_runtime=None if attrs.get("map_source") == "carried" else target.source_runtime,
-        baseline=baseline,
     )
-    return _Carry(trial, built, changes)
+
+
+def _build_all(plans: list[_Plan], ctx: TrialContext) -> list[TimedTrial]:
+    """Pass 1a: every planned artifact, in order. Rebuilds run in up to `BUILD_WORKERS` processes
+    (one torch thread each); nothing is timed meanwhile, so the builds may share the cores."""
+    rebuilds = sum(bool(p.changes) for p in plans)
+    workers = min(BUILD_WORKERS, os.cpu_count() or 1, rebuilds)
+    if workers < 2:
+        return [p.build(ctx) for p in plans]
+    spawn = multiprocessing.get_context("spawn")  # no forked copy of this process's runtimes and threads
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_one_thread) as pool:
+        return list(pool.map(functools.partial(_Plan.build, ctx=ctx), plans))
+
+
+def _one_thread() -> None:
+    """A build worker: one torch thread, offline, and its output on stderr (stdout may carry the --json report)."""
+    import sys
+
+    import torch
+
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    ensure_offline()
+    torch.set_num_threads(1)
 
 
 def _settle(one: _Carry, target: _Target, study, validate: bool):
