@@ -174,19 +174,7 @@ def time_together(built: Sequence[TimedTrial], ctx: TrialContext) -> list[TimedT
     session = f"together ({len(built)} artifact{'s' if len(built) != 1 else ''})"
     timed = []
     for one, m in zip(built, measured[1:], strict=True):
-        scale = ctx.reference_ms / m.reference_p50_ms
-        timing = {
-            "ratio": m.ratio,
-            "ratio_low": m.ratio_low,
-            "ratio_high": m.ratio_high,
-            "p50_ms": m.p50_ms,
-            "reference_p50_ms": m.reference_p50_ms,
-            "host_drift": m.host_drift,
-            "runs": m.runs,
-            "cached": False,
-            "session": session,
-        }
-        latency = TrialLatency(m.latency_ms(ctx.reference_ms), m.p90_ms * scale, timing)
+        latency = TrialLatency.scaled(m, ctx.reference_ms, session=session)
         left_out = ""
         if one.source.status != "complete" and latency.latency_ms <= ctx.budget_ms:
             left_out = f"untuned, and it fits the budget on {ctx.device} ({latency.latency_ms:.2f} ms): left to the search to fine-tune"

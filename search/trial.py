@@ -82,6 +82,22 @@ class TrialLatency:
     latency_p90_ms: float
     timing: dict
 
+    @classmethod
+    def scaled(cls, m, reference_ms: float, **extra) -> TrialLatency:
+        """The study-scale latency of the paired measurement `m` (ratio x `reference_ms`); `extra` joins its timing."""
+        timing = {
+            "ratio": m.ratio,
+            "ratio_low": m.ratio_low,
+            "ratio_high": m.ratio_high,
+            "p50_ms": m.p50_ms,
+            "reference_p50_ms": m.reference_p50_ms,
+            "host_drift": m.host_drift,
+            "runs": m.runs,
+            "cached": m.cached,
+            **extra,
+        }
+        return cls(m.latency_ms(reference_ms), m.p90_ms * reference_ms / m.reference_p50_ms, timing)
+
 
 def time_artifact(device, path: Path, ctx: TrialContext) -> TrialLatency:
     """Time `path` against the study's reference artifact side by side on `device`; scale by L0.
@@ -90,19 +106,9 @@ def time_artifact(device, path: Path, ctx: TrialContext) -> TrialLatency:
     when the study was created), so trials timed an hour apart on a drifting host stay
     comparable: the host's speed cancels in the ratio.
     """
-    m = device.measure_paired(path, ctx.reference_artifact, settings=ctx.timing)
-    scale = ctx.reference_ms / m.reference_p50_ms
-    timing = {
-        "ratio": m.ratio,
-        "ratio_low": m.ratio_low,
-        "ratio_high": m.ratio_high,
-        "p50_ms": m.p50_ms,
-        "reference_p50_ms": m.reference_p50_ms,
-        "host_drift": m.host_drift,
-        "runs": m.runs,
-        "cached": m.cached,
-    }
-    return TrialLatency(m.latency_ms(ctx.reference_ms), m.p90_ms * scale, timing)
+    return TrialLatency.scaled(
+        device.measure_paired(path, ctx.reference_artifact, settings=ctx.timing), ctx.reference_ms
+    )
 
 
 def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Path, baseline=None):
