@@ -28,7 +28,7 @@ import torch
 
 from evaluators.artifact import check_artifact
 from evaluators.datasets import split_images, subset_data_yaml
-from evaluators.openvino_ir import Execution, compile_properties, write_openvino_ir
+from evaluators.openvino_ir import Execution, compile_error, compile_properties, write_openvino_ir
 from evaluators.paths import runs_dir
 from evaluators.vocabulary import UserError
 
@@ -93,10 +93,7 @@ def compile_for_accuracy(artifact: Path):
     try:
         return ov.Core().compile_model(str(xml), "CPU", compile_properties(execution, PERFORMANCE_HINT="LATENCY"))
     except RuntimeError as exc:
-        raise UserError(
-            f"OpenVINO cannot compile {artifact} at inference precision "
-            f"{execution.inference_precision}: {str(exc).splitlines()[0][:200]}"
-        ) from None
+        raise compile_error(artifact, execution, exc) from None
 
 
 def measure_accuracy(

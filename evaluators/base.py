@@ -132,8 +132,17 @@ class TimingStats:
     sustained_drift: float | None = None
 
 
+class _StatsView:
+    """A measurement whose timing statistics read through: `m.p50_ms` is `m.stats.p50_ms`."""
+
+    def __getattr__(self, name: str):
+        if name in _STAT_FIELDS:
+            return getattr(self.stats, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
 @dataclass(frozen=True)
-class LatencyMeasurement:
+class LatencyMeasurement(_StatsView):
     """Latency of one artifact on one device: the timing statistics plus where they come from.
 
     stats: the protocol's statistics (its fields are also readable here: `m.p50_ms`).
@@ -148,38 +157,19 @@ class LatencyMeasurement:
     fingerprint: Fingerprint
     cached: bool = False
 
-    def __getattr__(self, name: str):
-        if name in _STAT_FIELDS:
-            return getattr(self.stats, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     def to_dict(self) -> dict:
-        return {
-            **asdict(self.stats),
-            "peak_memory_mb": self.peak_memory_mb,
-            "device": self.device,
-            "fingerprint": self.fingerprint.to_dict(),
-            "cached": self.cached,
-            "fingerprint_hash": self.fingerprint.hash,
-        }
+        return {**asdict(self.stats), **_provenance(self)}
 
     @classmethod
     def from_dict(cls, data: dict) -> LatencyMeasurement:
-        fp = data["fingerprint"]
-        return cls(
-            stats=TimingStats(**{k: data[k] for k in _STAT_FIELDS if k in data}),
-            peak_memory_mb=data["peak_memory_mb"],
-            device=data["device"],
-            fingerprint=fp if isinstance(fp, Fingerprint) else Fingerprint.from_dict(fp),
-            cached=bool(data.get("cached", False)),
-        )
+        return cls(stats=_stats_from(data), **_provenance_from(data))
 
 
 _STAT_FIELDS = frozenset(f.name for f in fields(TimingStats))
 
 
 @dataclass(frozen=True)
-class PairedMeasurement:
+class PairedMeasurement(_StatsView):
     """A candidate timed against a reference side by side (`evaluators.paired`): their ratio is the number.
 
     ratio: median(candidate) / median(reference) over the alternated rounds; ratio_low /
@@ -207,11 +197,6 @@ class PairedMeasurement:
     fingerprint: Fingerprint
     cached: bool = False
 
-    def __getattr__(self, name: str):
-        if name in _STAT_FIELDS:
-            return getattr(self.stats, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     def latency_ms(self, reference_ms: float) -> float:
         """The candidate's latency when the reference takes `reference_ms` ms."""
         return self.ratio * reference_ms
@@ -225,29 +210,47 @@ class PairedMeasurement:
             "reference_p50_ms": self.reference_p50_ms,
             "host_drift": self.host_drift,
             "reference_structure": self.reference_structure,
-            "peak_memory_mb": self.peak_memory_mb,
-            "device": self.device,
-            "fingerprint": self.fingerprint.to_dict(),
-            "cached": self.cached,
-            "fingerprint_hash": self.fingerprint.hash,
+            **_provenance(self),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> PairedMeasurement:
-        fp = data["fingerprint"]
         return cls(
             ratio=data["ratio"],
             ratio_low=data["ratio_low"],
             ratio_high=data["ratio_high"],
-            stats=TimingStats(**{k: data[k] for k in _STAT_FIELDS if k in data}),
+            stats=_stats_from(data),
             reference_p50_ms=data["reference_p50_ms"],
             host_drift=data["host_drift"],
             reference_structure=data["reference_structure"],
-            peak_memory_mb=data["peak_memory_mb"],
-            device=data["device"],
-            fingerprint=fp if isinstance(fp, Fingerprint) else Fingerprint.from_dict(fp),
-            cached=bool(data.get("cached", False)),
+            **_provenance_from(data),
         )
+
+
+def _stats_from(data: dict) -> TimingStats:
+    return TimingStats(**{k: data[k] for k in _STAT_FIELDS if k in data})
+
+
+def _provenance(m) -> dict:
+    """Where a measurement comes from, as the flat dicts of `to_dict()` end."""
+    return {
+        "peak_memory_mb": m.peak_memory_mb,
+        "device": m.device,
+        "fingerprint": m.fingerprint.to_dict(),
+        "cached": m.cached,
+        "fingerprint_hash": m.fingerprint.hash,
+    }
+
+
+def _provenance_from(data: dict) -> dict:
+    """The constructor arguments `_provenance` wrote."""
+    fp = data["fingerprint"]
+    return {
+        "peak_memory_mb": data["peak_memory_mb"],
+        "device": data["device"],
+        "fingerprint": fp if isinstance(fp, Fingerprint) else Fingerprint.from_dict(fp),
+        "cached": bool(data.get("cached", False)),
+    }
 
 
 class Device(ABC):
@@ -337,7 +340,7 @@ class Device(ABC):
             key = (structure, self.fingerprint().hash, f"{settings.key()}:vs:{ref_structure}")
             if cache is not None and (hit := cache.get(*key)) is not None:
                 return PairedMeasurement.from_dict(hit)
-            result = self._measure_together([reference, candidate], settings, inputs)[1]
+            result = self._measure_together([reference, candidate], settings, inputs, ref_structure)[1]
             if cache is not None:
                 cache.put(*key, result.to_dict())
             return result
@@ -354,17 +357,20 @@ class Device(ABC):
         paths = [Path(p) for p in paths]
         if not paths:
             return []
-        inputs = None
-        for path in paths:
-            mine = synthetic_inputs(check_artifact(path))
-            if inputs is None:
-                inputs = mine
-            _check_same_inputs(path, mine, paths[0], inputs)
+        reference = check_artifact(paths[0])
+        inputs, ref_structure = synthetic_inputs(reference), structure_hash(reference)
+        del reference
+        for path in paths[1:]:
+            _check_same_inputs(path, synthetic_inputs(check_artifact(path)), paths[0], inputs)
         with self._serial:
-            return self._measure_together(paths, settings, inputs)
+            return self._measure_together(paths, settings, inputs, ref_structure)
 
-    def _measure_together(self, paths: list[Path], settings: TimingSettings, inputs: dict) -> list[PairedMeasurement]:
-        """Time checked artifacts (same inputs) in one alternating session; element i is paths[i] vs paths[0]."""
+    def _measure_together(
+        self, paths: list[Path], settings: TimingSettings, inputs: dict, reference_structure: str
+    ) -> list[PairedMeasurement]:
+        """Time checked artifacts (same inputs) in one alternating session; element i is paths[i] vs paths[0].
+
+        reference_structure: `structure_hash` of paths[0], for the results."""
         raise UserError(f"device {self.name} cannot time artifacts side by side.")
 
     def _cache(self) -> LatencyCache | None:

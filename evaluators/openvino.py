@@ -33,7 +33,7 @@ from pathlib import Path
 
 from evaluators.base import Fingerprint
 from evaluators.hardware import cpu_description
-from evaluators.openvino_ir import Execution, compile_properties, native_bf16, read_model
+from evaluators.openvino_ir import Execution, compile_error, compile_properties, native_bf16, read_model
 from evaluators.registry import parse_count, register_device
 from evaluators.timing import LocalDevice, wall_clock
 from evaluators.vocabulary import Int8Recipe, UserError
@@ -93,12 +93,9 @@ class OpenVinoCpuDevice(LocalDevice):
                 model.reshape({name: list(shapes[name]) for name in dynamic})
             return core.compile_model(model, "CPU", {k: str(v) for k, v in self.config(execution).items()})
         except RuntimeError as exc:
-            raise UserError(
-                f"OpenVINO cannot compile {artifact_path} at inference precision "
-                f"{execution.inference_precision}: {str(exc).splitlines()[0][:200]}"
-                if execution
-                else f"OpenVINO cannot read {artifact_path}: {str(exc).splitlines()[0][:200]}"
-            ) from None
+            if execution:
+                raise compile_error(artifact_path, execution, exc) from None
+            raise UserError(f"OpenVINO cannot read {artifact_path}: {str(exc).splitlines()[0][:200]}") from None
 
     def open(self, artifact_path: Path, inputs: dict):
         import openvino as ov

@@ -131,6 +131,14 @@ def native_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def compile_error(artifact, execution: Execution, exc: Exception) -> UserError:
+    """The one sentence for an artifact the CPU plugin refuses to compile at its inference precision."""
+    return UserError(
+        f"OpenVINO cannot compile {artifact} at inference precision "
+        f"{execution.inference_precision}: {str(exc).splitlines()[0][:200]}"
+    )
+
+
 def compile_properties(execution: Execution, **properties) -> dict:
     """The CPU compile properties for `execution`: `properties` plus its INFERENCE_PRECISION_HINT."""
     return {**properties, "INFERENCE_PRECISION_HINT": execution.inference_precision}

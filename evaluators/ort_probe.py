@@ -15,7 +15,7 @@ Sigmoid + Mul, a float 1x1 output conv), 3x160x160 input. Each INT8 candidate
 (`CANDIDATES`) is quantized from it by `onnxruntime.quantization.quantize_static`
 (random calibration images, fixed seed), and an FP16 variant converts every node with the
 graph's inputs and outputs kept FP32. All variants are loaded together and timed run by
-run in turn against FP32 (`evaluators.paired`), under the host's lock.
+run in turn against FP32 (`evaluators.timing.run_alternating`), under the host's lock.
 
 Decision (`decide`): a precision below FP32 is offered only where it is shown faster: its
 ratio's 95% interval lies below 1 - `MIN_GAIN`. The INT8 recipe is the candidate with the
@@ -50,7 +50,9 @@ import numpy as np
 
 from evaluators.base import TimingSettings
 from evaluators.host_lock import device_lock
+from evaluators.paired import ratio_interval
 from evaluators.paths import state_dir
+from evaluators.timing import run_alternating
 from evaluators.vocabulary import Int8Recipe
 
 # Bump when the graph, the candidates or the decision change: older reports are then ignored.
@@ -172,8 +174,6 @@ def run_probe(
     open_artifact(path, inputs) loads an ONNX file into the runtime at `threads` threads and
     returns a clock (ms per run), e.g. `OrtDevice.open`; it raises for a file it cannot load.
     """
-    from evaluators.paired import ratio_interval, run_alternating
-
     start, load = time.perf_counter(), os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     inputs = {INPUT_NAME: np.random.default_rng(0).random((1, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)}
     failed: dict[str, str] = {}

@@ -376,7 +376,9 @@ class RemoteDevice(Device):
         )
         return dataclasses.replace(LatencyMeasurement.from_dict(json.loads(body)), device=self.name)
 
-    def _measure_together(self, paths: list[Path], settings: TimingSettings, inputs: dict) -> list[PairedMeasurement]:
+    def _measure_together(
+        self, paths: list[Path], settings: TimingSettings, inputs: dict, reference_structure: str
+    ) -> list[PairedMeasurement]:
         # The agent keeps `max_references` files: more are timed in several sessions, each
         # with paths[0] again, so every ratio still comes from one session with its reference.
         size = max(2, int(self.info().get("max_references", DEFAULT_MAX_REFERENCES)))

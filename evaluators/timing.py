@@ -14,23 +14,27 @@
    added (`evaluators.memory`).
 6. Sustained mode (`sustained_seconds > 0`): run back to back for that long and report the
    throughput and the drift between the first and last fifth of the runs.
+7. Side by side (`run_alternating`, `LocalDevice._measure_together`): several artifacts
+   loaded at once, each warmed up, then run in turn round by round; the ratios of their
+   medians come from `evaluators.paired`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from evaluators.artifact import check_artifact, structure_hash
 from evaluators.base import Device, Fingerprint, LatencyMeasurement, PairedMeasurement, TimingSettings, TimingStats
 from evaluators.host_lock import device_lock
 from evaluators.memory import MemoryWatch
+from evaluators.paired import host_drift, ratio_interval
 
 
 def wall_clock(run: Callable[[], object]) -> Callable[[], float]:
@@ -46,17 +50,46 @@ def wall_clock(run: Callable[[], object]) -> Callable[[], float]:
 
 def run_protocol(timed_run: Callable[[], float], settings: TimingSettings) -> TimingStats:
     """Warm up, time and (optionally) sustain `timed_run`, which returns one run's ms."""
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
+    with _gc_paused():
         warmup_runs = warm_up(timed_run, settings)
         times = _timed_runs(timed_run, settings)
         sustained = _sustain(timed_run, settings.sustained_seconds) if settings.sustained_seconds > 0 else {}
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return summarize(times, warmup_runs=warmup_runs, **sustained)
+
+
+def run_alternating(clocks: Sequence[Callable[[], float]], settings: TimingSettings) -> list[list[float]]:
+    """Side-by-side timing: warm each clock up (step 3), then run them in turn, one run each per round, the
+    order reversed every other round (A B, B A, ...), until both floors hold (`min_runs` rounds and
+    `min_seconds`) or `max_runs` rounds; the garbage collector paused. Returns ms per clock per round."""
+    if not clocks:
+        return []
+    with _gc_paused():
+        for clock in clocks:
+            warm_up(clock, settings)
+        times: list[list[float]] = [[] for _ in clocks]
+        order = list(range(len(clocks)))
+        start = time.perf_counter_ns()
+        rounds = 0
+        while rounds < settings.max_runs:
+            for index in order if rounds % 2 == 0 else reversed(order):
+                times[index].append(clocks[index]())
+            rounds += 1
+            if rounds >= settings.min_runs and (time.perf_counter_ns() - start) / 1e9 >= settings.min_seconds:
+                break
+    return times
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Collect once, then keep the garbage collector off while timing (restored after)."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def summarize(times: list[float], *, warmup_runs: int, **sustained) -> TimingStats:
@@ -151,9 +184,9 @@ class LocalDevice(Device):
             self.host, lambda: self.open(artifact_path, inputs), settings, self.name, self.fingerprint()
         )
 
-    def _measure_together(self, paths: list[Path], settings: TimingSettings, inputs: dict) -> list[PairedMeasurement]:
-        from evaluators.paired import host_drift, ratio_interval, run_alternating
-
+    def _measure_together(
+        self, paths: list[Path], settings: TimingSettings, inputs: dict, reference_structure: str
+    ) -> list[PairedMeasurement]:
         with device_lock(self.host), MemoryWatch() as memory:
             clocks = [self.open(path, inputs) for path in paths]
             times = run_alternating(clocks, settings)
@@ -161,7 +194,6 @@ class LocalDevice(Device):
         reference = times[0]
         ref_p50 = float(np.median(reference))
         drift = host_drift(reference)
-        ref_structure = structure_hash(check_artifact(paths[0]))
         fingerprint = self.fingerprint()
         results = []
         for mine in times:
@@ -174,7 +206,7 @@ class LocalDevice(Device):
                     stats=summarize(mine, warmup_runs=0),
                     reference_p50_ms=ref_p50,
                     host_drift=drift,
-                    reference_structure=ref_structure,
+                    reference_structure=reference_structure,
                     peak_memory_mb=round(memory.peak_mb, 3),
                     device=self.name,
                     fingerprint=fingerprint,

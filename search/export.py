@@ -28,7 +28,7 @@ from evaluators.openvino_ir import write_openvino_ir
 from evaluators.registry import get_device
 from evaluators.vocabulary import UserError
 from search.front import best_under, trials_table
-from search.front_timing import describe_session, reference_artifact, time_front
+from search.front_timing import FRONT_TIMING_ATTR, describe_session, reference_artifact, time_front
 from search.study import study_record
 from spaces.policy import Policy
 
@@ -57,10 +57,14 @@ def choose_trial(study, *, budget_ms: float | None = None, trial: int | None = N
     return row
 
 
-def export_bundle(study, out: Path, *, budget_ms: float | None = None, trial: int | None = None) -> Path:
+def export_bundle(
+    study, out: Path, *, budget_ms: float | None = None, trial: int | None = None, retime: bool = True
+) -> Path:
     """Write the bundle of the chosen trial into `out` (created; existing bundle files are replaced).
 
     Re-times the front with the chosen trial and the baseline in one session first (seconds).
+    retime=False takes the study's last session instead when it holds the chosen trial (a
+    search that has just re-timed its front).
     """
     if (budget_ms is None) == (trial is None):
         raise UserError("give exactly one of --budget-ms and --trial.")
@@ -72,15 +76,18 @@ def export_bundle(study, out: Path, *, budget_ms: float | None = None, trial: in
                 f"trial {int(row['trial'])}'s {key} file {attrs.get(key)!r} is gone; re-run the study to rebuild it."
             )
     number = int(row["trial"])
-    session = time_front(study, also=[number])
+    session = study.user_attrs.get(FRONT_TIMING_ATTR) if not retime else None
+    if session is None or str(number) not in session["members"]:
+        session = time_front(study, also=[number])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     policy = Policy.from_dict(attrs["policy"])
     policy.to_yaml(out / "policy.yaml")
     shutil.copyfile(attrs["artifact"], out / "model.onnx")
     shutil.copyfile(attrs["weights"], out / "model.pt")
-    shutil.copyfile(reference_artifact(study_record(study)), out / "baseline-fp32.onnx")
-    device = get_device(study_record(study)["device"])
+    record = study_record(study)
+    shutil.copyfile(reference_artifact(record), out / "baseline-fp32.onnx")
+    device = get_device(record["device"])
     if device.accuracy_runtime == "openvino":  # the IR a user runs, with the FP32 nodes marked
         write_openvino_ir(out / "model.onnx", out / "model_openvino_model")
     figures = card_figures(study, number, attrs, session)

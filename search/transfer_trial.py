@@ -35,9 +35,6 @@ A measured result (reused, revalidated) is saved to `<ctx.outdir>/<folder>/resul
 where the trial flow finds it and reuses it for the same policy. A carried one is saved
 to `carried.json` beside it instead: the trial flow never reuses a mAP nobody measured,
 so a later search that asks for the policy evaluates it properly.
-
-`remeasure_policy` runs both passes for one trial, validating whenever the mAP cannot be
-reused (a transfer without lazy validation).
 """
 
 from __future__ import annotations
@@ -50,15 +47,13 @@ from pathlib import Path
 
 import torch
 
-from evaluators.accuracy import measure_accuracy
 from evaluators.artifact import structure_hash
 from evaluators.registry import get_device
 from search.checkpoint import load_baseline
-from search.trial import TrialContext, TrialLatency, build_deployed, build_screen
+from search.trial import TrialContext, TrialLatency, build_deployed, build_screen, prune, validate_artifact
 from search.trial_result import Stopwatch, TrialResult, save_result, size_mb
 from spaces.policy import Policy
 from spaces.precision import build_artifact
-from spaces.pruning import apply_pruning
 
 MAP_SOURCES = ("reused", "revalidated", "carried")
 CARRIED_FILE = "carried.json"
@@ -114,7 +109,6 @@ def build_carried(
     folder: str,
     rebuild: bool,
     source_runtime: str | None,
-    baseline=None,
 ) -> TimedTrial:
     """Pass 1a: the artifact to time for a trial another device scored, in `<ctx.outdir>/<folder>/` (not timed yet).
 
@@ -124,8 +118,7 @@ def build_carried(
     pruned baseline, timing-only when any unit is INT8 (`model-timing.onnx` /
     `screen-timing.onnx`; else the build is the full one). source_runtime: the accuracy
     runtime the source's mAP was measured on, on that file (None: it was not measured on it,
-    e.g. a mAP the source itself carried). baseline: the loaded checkpoint model, when the
-    caller has it (an untuned rebuild loads it otherwise).
+    e.g. a mAP the source itself carried).
     """
     out = Path(ctx.outdir) / folder
     out.mkdir(parents=True, exist_ok=True)
@@ -142,8 +135,9 @@ def build_carried(
         if complete:
             model = torch.load(source.weights, map_location="cpu", weights_only=False)
         else:
-            baseline = baseline if baseline is not None else load_baseline(ctx.checkpoint)
-            model = _pruned(baseline, policy, ctx)
+            baseline = load_baseline(ctx.checkpoint)
+            model = prune(baseline, policy, ctx).model
+            model.names = baseline.names
         build_artifact(
             model,
             policy.precision,
@@ -203,14 +197,7 @@ def settle_carried(timed: TimedTrial, ctx: TrialContext, *, validate: bool, orig
             artifact = _build_in_full(timed, ctx)
             watch.lap("deploy")
         map_source = "revalidated"
-        acc = measure_accuracy(
-            artifact,
-            Path(ctx.data_yaml),
-            imgsz=ctx.imgsz,
-            runtime=device.accuracy_runtime,
-            max_images=ctx.val_images,
-            workdir=timed.folder,
-        )
+        acc = validate_artifact(artifact, ctx, device.accuracy_runtime, timed.folder)
         watch.lap("validate")
         seconds.update(watch.seconds)
     else:
@@ -242,35 +229,6 @@ def settle_carried(timed: TimedTrial, ctx: TrialContext, *, validate: bool, orig
     )
     file = CARRIED_FILE if map_source == "carried" else "result.json"
     return Remeasured(save_result(result, timed.folder / file), map_source=map_source)
-
-
-def remeasure_policy(
-    source: TrialResult,
-    policy: Policy,
-    ctx: TrialContext,
-    *,
-    folder: str,
-    rebuild: bool,
-    source_runtime: str | None,
-    origin: str,
-) -> Remeasured:
-    """Both passes for one trial another device scored: timed here, its mAP reused or validated here.
-
-    See `build_carried`, `time_together` and `settle_carried`; nothing is fine-tuned, and an
-    untuned trial that fits `ctx.budget_ms` here is left out with nothing saved.
-    """
-    built = build_carried(source, policy, ctx, folder=folder, rebuild=rebuild, source_runtime=source_runtime)
-    (timed,) = time_together([built], ctx)
-    return settle_carried(timed, ctx, validate=True, origin=origin)
-
-
-def _pruned(baseline, policy: Policy, ctx: TrialContext):
-    """The untuned model of `policy`, pruned as `search.trial.build_screen` prunes it (names set)."""
-    pruned = apply_pruning(
-        baseline, policy.pruning, imgsz=ctx.imgsz, importance=ctx.pruning_importance, round_to=ctx.pruning_round_to
-    ).model
-    pruned.names = baseline.names
-    return pruned
 
 
 def _build_in_full(timed: TimedTrial, ctx: TrialContext) -> Path:

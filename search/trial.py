@@ -111,6 +111,13 @@ def time_artifact(device, path: Path, ctx: TrialContext) -> TrialLatency:
     )
 
 
+def prune(baseline, policy: Policy, ctx: TrialContext):
+    """`spaces.pruning.apply_pruning` of the loaded baseline with the study's importance and round_to."""
+    return apply_pruning(
+        baseline, policy.pruning, imgsz=ctx.imgsz, importance=ctx.pruning_importance, round_to=ctx.pruning_round_to
+    )
+
+
 def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Path, baseline=None):
     """(pruned model, class names, screen artifact): the untrained artifact whose latency decides feasibility.
 
@@ -118,9 +125,7 @@ def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Pa
     """
     if baseline is None:
         baseline = load_baseline(ctx.checkpoint)
-    pruned = apply_pruning(
-        baseline, policy.pruning, imgsz=ctx.imgsz, importance=ctx.pruning_importance, round_to=ctx.pruning_round_to
-    )
+    pruned = prune(baseline, policy, ctx)
     screen = build_artifact(
         pruned.model,
         policy.precision,
@@ -182,7 +187,7 @@ def evaluate_policy(
         size_mb=size_mb(screen.path),
     )
     if latency.latency_ms > ctx.budget_ms:
-        acc = _validate(screen.path, ctx, device.accuracy_runtime, out)
+        acc = validate_artifact(screen.path, ctx, device.accuracy_runtime, out)
         watch.lap("validate")
         reason = f"{_over_budget(latency.latency_ms, ctx.budget_ms)}; no fine-tuning spent"
         result = TrialResult(
@@ -223,7 +228,7 @@ def evaluate_policy(
     artifact = build_deployed(tuned.model, policy, ctx, recipe, out / "model.onnx")
     final = time_artifact(device, artifact, ctx)  # same structure: a cache hit, checked rather than assumed
     watch.lap("artifact")
-    acc = _validate(artifact, ctx, device.accuracy_runtime, out)
+    acc = validate_artifact(artifact, ctx, device.accuracy_runtime, out)
     watch.lap("validate")
     result = TrialResult(
         status="complete",
@@ -241,7 +246,7 @@ def evaluate_policy(
     return save_result(result, done)
 
 
-def _validate(path: Path, ctx: TrialContext, runtime: str, workdir: Path):
+def validate_artifact(path: Path, ctx: TrialContext, runtime: str, workdir: Path):
     """mAP of the artifact at `path` on `runtime`, on the first `ctx.val_images` images of the val split."""
     return measure_accuracy(
         path, Path(ctx.data_yaml), imgsz=ctx.imgsz, runtime=runtime, max_images=ctx.val_images, workdir=workdir

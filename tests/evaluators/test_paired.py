@@ -20,7 +20,8 @@ import torch
 
 from evaluators import LatencyCache, TimingSettings, UserError, get_device, structure_hash
 from evaluators.base import PairedMeasurement
-from evaluators.paired import host_drift, ratio_interval, run_alternating
+from evaluators.paired import host_drift, ratio_interval
+from evaluators.timing import run_alternating
 
 # Tiny floors: the box has two cores shared with other work.
 TINY = TimingSettings(warmup_min_runs=2, warmup_max_runs=6, warmup_window=2, min_runs=5, min_seconds=0.2, max_runs=5000)

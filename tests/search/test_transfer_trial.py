@@ -13,85 +13,31 @@ from pathlib import Path
 
 import pytest
 import torch
-from ultralytics.nn.tasks import DetectionModel
 
 from evaluators.accuracy import measure_accuracy
 from evaluators.artifact import structure_hash
-from evaluators.base import TimingSettings
 from evaluators.datasets import split_images
 from evaluators.vocabulary import Int8Recipe
-from search.embedded.data import DatasetSpec, generate_dataset
 from search.transfer_trial import (
     CARRIED_FILE,
     build_carried,
-    remeasure_policy,
     settle_carried,
     time_together,
 )
 from search.trial import TrialContext, build_deployed, evaluate_policy
 from search.trial_result import TrialResult
-from spaces.onnx_export import export_onnx
 from spaces.policy import Policy
 from spaces.pruning import apply_pruning
 from spaces.space import SearchSpace
+from tests.search.conftest import FAST_TIMING, IMGSZ, L0
 
-IMGSZ = 64
 RATIOS = {"model.2": 0.5, "model.4": 0.3}
-L0 = 10.0  # the study's reference latency (ms): every latency is a ratio to the reference times this
-FAST_TIMING = TimingSettings(warmup_min_runs=1, warmup_max_runs=2, min_runs=3, min_seconds=0.0, max_runs=3)
 SOURCE_MAP = (0.1234, 0.5678)  # no validation of an untrained model scores these: a reused mAP is recognisable
 
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("SQUEEZEFIT_HOME", str(tmp_path / "home"))  # its own latency cache
-
-
-@pytest.fixture(scope="module")
-def model() -> DetectionModel:
-    torch.manual_seed(0)
-    return DetectionModel("yolo11n.yaml", nc=10, verbose=False).eval()
-
-
-@pytest.fixture(scope="module")
-def data_yaml(tmp_path_factory) -> Path:
-    return generate_dataset(tmp_path_factory.mktemp("data"), DatasetSpec(train=2, val=4, imgsz=IMGSZ))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save({"model": model}, path)  # the layout Ultralytics' load_checkpoint reads
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(model, tmp_path_factory) -> Path:
-    """The study's reference artifact: the unpruned model's FP32 export."""
-    return export_onnx(model, tmp_path_factory.mktemp("ref") / "baseline-fp32.onnx", imgsz=IMGSZ, names=model.names)
-
-
-@pytest.fixture
-def context(checkpoint, data_yaml, reference, tmp_path):
-    def make(**options) -> TrialContext:
-        """Every policy fits (budget inf) unless `options` say otherwise; fp32 only, so no calibration."""
-        settings = {
-            "checkpoint": str(checkpoint),
-            "data_yaml": str(data_yaml),
-            "imgsz": IMGSZ,
-            "device": "ort-cpu",
-            "budget_ms": math.inf,
-            "space": SearchSpace(pruning_units=(), precision_units=(), offered=("fp32",), max_epochs=0),
-            "calibration_images": (),
-            "outdir": str(tmp_path),
-            "timing": FAST_TIMING,
-            "val_images": 4,
-            "reference_artifact": str(reference),
-            "reference_ms": L0,
-        }
-        return TrialContext(**{**settings, **options})
-
-    return make
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +86,11 @@ def _timed(source, ctx, policy=None, **options):
 
 
 def _remeasure(source, ctx, **options):
-    settings = {"folder": "carried", "rebuild": False, "source_runtime": "onnxruntime", "origin": "from trial 3"}
-    return remeasure_policy(source, Policy.from_dict(source.policy), ctx, **{**settings, **options})
+    """Both passes for one trial, validating whenever its mAP cannot be reused (a transfer without lazy validation)."""
+    settings = {"folder": "carried", "rebuild": False, "source_runtime": "onnxruntime", **options}
+    built = build_carried(source, Policy.from_dict(source.policy), ctx, **settings)
+    (timed,) = time_together([built], ctx)
+    return settle_carried(timed, ctx, validate=True, origin="from trial 3")
 
 
 def test_unchanged_trial_copies_its_artifact_and_reuses_its_map(source, context, tmp_path):
