@@ -217,12 +217,18 @@ def test_lazy_validation_skips_a_trial_that_cannot_reach_the_front(carried, lazy
     seen = _replay_lazy_rule(report, dst, 0.0)
     assert seen.get((True, "carried")), f"a feasible trial dominated at its source mAP is not validated: {seen}"
     assert seen.get((True, "revalidated")), f"a trial that can reach the front is validated: {seen}"
-    # those skipped here were validated with a margin of 1, at the same latency (same artifact structure)
+    # those skipped here were validated with a margin of 1 wherever they fit the budget there too (each transfer
+    # times its trials in its own session, so a trial at the budget's edge may fall on either side of it)
     every = {t["source_trial"]: t for t in carried[0]["openvino-cpu"][0]["trials"]}
     budget = study_record(dst)["budget_ms"]
     for t in report["trials"]:
-        if t["map_source"] == "carried" and t["latency_ms"] <= budget and t["status"] == "complete":
-            assert every[t["source_trial"]]["map_source"] == "revalidated"
+        there = every[t["source_trial"]]
+        if (
+            t["map_source"] == "carried"
+            and t["status"] == "complete"
+            and max(t["latency_ms"], there["latency_ms"]) <= budget
+        ):
+            assert there["map_source"] == "revalidated"
     assert report["validations_skipped"] == report["map_sources"]["carried"] > 0
 
 
