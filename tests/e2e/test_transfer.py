@@ -37,6 +37,10 @@ pytestmark = pytest.mark.slow  # minutes: the smoke study carried to two devices
 REUSE_ENV = "SQUEEZEFIT_TEST_TRANSFER_SOURCE"
 DEVICES = ("openvino-cpu", "ort-cpu:2")
 MARGINS = {"openvino-cpu": "1", "ort-cpu:2": None}  # 1: every feasible trial is validated; None: the default
+# The target's budget as a fraction of its own FP32 baseline: wide enough that several carried trials fit on
+# any CPU. The smoke study's budget (0.7) is tight for a 96 px model: at two threads on a two-vCPU host its
+# pruned INT8 trials ran 0.64-0.90x, so at 0.7 a CI run found none within the budget.
+BUDGET_FRACTIONS = {"openvino-cpu": "0.8", "ort-cpu:2": "0.9"}
 
 
 # --- slow: a real smoke study carried to two devices -------------------------------------
@@ -83,7 +87,8 @@ def carried(source):
     out = {}
     for device in DEVICES:
         margin = ["--map-margin", MARGINS[device]] if MARGINS[device] else []
-        out[device] = _transfer(url, name, device, target_name(name, device), *margin)
+        budget = ["--budget-fraction", BUDGET_FRACTIONS[device]]
+        out[device] = _transfer(url, name, device, target_name(name, device), *margin, *budget)
     return out, (src_outdir, weights_before)
 
 
@@ -209,7 +214,8 @@ def lazy(source, carried):
     """The transfer to openvino-cpu again, with a margin of 0: a trial is validated only if its source mAP
     alone beats every measured mAP at equal or lower latency (the smoke study has several at 0)."""
     url, name = source
-    return _transfer(url, name, "openvino-cpu", f"{name}-lazy", "--map-margin", "0")
+    budget = ["--budget-fraction", BUDGET_FRACTIONS["openvino-cpu"]]
+    return _transfer(url, name, "openvino-cpu", f"{name}-lazy", "--map-margin", "0", *budget)
 
 
 def test_lazy_validation_skips_a_trial_that_cannot_reach_the_front(carried, lazy):

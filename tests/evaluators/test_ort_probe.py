@@ -73,14 +73,16 @@ def _report(**changes) -> ProbeReport:
 # ---- the decision ---------------------------------------------------------------------
 
 
-def test_decide_needs_a_shown_gain_and_breaks_ties_by_preference():
+def test_decide_offers_int8_with_the_fastest_recipe_and_fp16_only_where_it_gains():
     first, second, third = CANDIDATES
     clear = {first: Ratio(0.9, 0.88, 0.92, 0.9), second: Ratio(0.7, 0.68, 0.72, 0.7), FP16: Ratio(0.6, 0.5, 0.7, 0.6)}
     assert decide(clear) == (second, ("int8", "fp16", "fp32"))
     tied = {first: Ratio(0.71, 0.69, 0.73, 0.7), second: Ratio(0.7, 0.68, 0.72, 0.7)}
     assert decide(tied) == (first, ("int8", "fp32"))
-    unsure = {first: Ratio(0.95, 0.9, 1.01, 1.0), third: Ratio(1.5, 1.4, 1.6, 1.5), FP16: Ratio(1.0, 0.97, 1.03, 1.0)}
-    assert decide(unsure) == (None, ("fp32",))
+    # INT8 slower on the probe graph is still offered with its fastest recipe (the search times it on the
+    # real model); FP16 needs a shown gain
+    slower = {first: Ratio(1.05, 1.02, 1.08, 1.0), third: Ratio(1.5, 1.4, 1.6, 1.5), FP16: Ratio(1.0, 0.97, 1.03, 1.0)}
+    assert decide(slower) == (first, ("int8", "fp32"))
     equal = {FP16: Ratio(0.99, 0.985, 1 - MIN_GAIN / 2, 1.0)}  # FP16 run by FP32 kernels: no gain, not offered
     assert decide(equal) == (None, ("fp32",))
     assert decide({}) == (None, ("fp32",))
@@ -117,13 +119,10 @@ def test_the_decision_follows_the_probes_own_figures(probed):
     _, report, _ = probed
     assert decide(report.ratios) == (report.int8_recipe, report.precisions)
     int8 = {name: report.ratios[name] for name in CANDIDATES}
+    assert report.int8_recipe is not None  # every candidate builds and loads on a CPU (see above)
+    chosen = int8[report.int8_recipe]
     fastest = min(int8.values(), key=lambda r: r.ratio)
-    if report.int8_recipe is None:
-        assert fastest.high >= 1 - MIN_GAIN
-    else:
-        chosen = int8[report.int8_recipe]
-        assert chosen.high < 1 - MIN_GAIN
-        assert chosen is fastest or chosen.low <= fastest.high  # the fastest, or tied with it
+    assert chosen is fastest or chosen.low <= fastest.high  # the fastest, or tied with it
     assert (FP16 in report.precisions) == (report.ratios[FP16].high < 1 - MIN_GAIN)
 
 
