@@ -4,7 +4,9 @@ NNCF writes Q/DQ only (`Int8Recipe` rejects "qoperator" with it) and picks types
 calibration itself; of the recipe it reads `symmetric_activations` (its PERFORMANCE preset)
 or not (MIXED). OpenVINO gains from INT8 only in a graph NNCF wrote. A timing-only graph
 skips the fast bias correction (about 2 s of a quantization; it corrects the values of
-existing biases and adds no node).
+existing biases and adds no node). NNCF's pattern matching is remembered per graph topology
+(`spaces.quantizers.nncf_matching`), so a process quantizing pruned variants of one model
+matches once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import onnx
 
 from evaluators.vocabulary import Int8Recipe
 from spaces.onnx_export import INPUT_NAME
+from spaces.quantizers.nncf_matching import remembered_matching
 
 
 def quantize(
@@ -39,11 +42,12 @@ def quantize(
     wanted = set(nodes)
     ignored = [n.name for n in graph.graph.node if n.name not in wanted]
     preset = nncf.QuantizationPreset.PERFORMANCE if recipe.symmetric_activations else nncf.QuantizationPreset.MIXED
-    return nncf.quantize(
-        graph,
-        nncf.Dataset([{INPUT_NAME: calibration[i : i + 1]} for i in range(len(calibration))]),
-        preset=preset,
-        subset_size=len(calibration),
-        ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
-        advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True) if timing_only else None,
-    )
+    with remembered_matching():
+        return nncf.quantize(
+            graph,
+            nncf.Dataset([{INPUT_NAME: calibration[i : i + 1]} for i in range(len(calibration))]),
+            preset=preset,
+            subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
+            advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True) if timing_only else None,
+        )
