@@ -127,16 +127,40 @@ class StudyConfig:
 STUDY_ATTR = "squeezefit"  # study user attr holding what later commands need (`Prepared.to_record`)
 
 
+# Seconds a PostgreSQL connection may take before the storage counts as unreachable.
+CONNECT_TIMEOUT_S = 10
+
+
 def open_storage(url: str):
-    """An Optuna RDB storage for `url`; SQLite parent directories are created."""
+    """An Optuna RDB storage for `url` (any SQLAlchemy URL Optuna accepts: SQLite, PostgreSQL, MySQL);
+    SQLite parent directories are created. UserError, before anything is written, for a malformed
+    URL, a database that cannot be reached within `CONNECT_TIMEOUT_S` or a missing driver."""
     import optuna
 
+    engine_kwargs = {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif url.startswith("postgresql"):
+        engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     try:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except ImportError as exc:  # Optuna's, raised from the driver's ModuleNotFoundError
+        driver = getattr(exc.__cause__, "name", None) or "for its database"
+        extra = " (pip install 'squeezefit[postgres]')" if url.startswith("postgresql") else ""
+        raise UserError(f"the study storage {_shown(url)} needs the database driver {driver}{extra}.") from None
     except Exception as exc:  # a malformed URL or unreachable database is the user's input
-        raise UserError(f"cannot open the study storage {url!r} ({type(exc).__name__}).") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot open the study storage {_shown(url)}: {reason.rstrip('.')}.") from None
+
+
+def _shown(url: str) -> str:
+    """The URL with any password masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return repr(make_url(url).render_as_string(hide_password=True))
+    except Exception:
+        return repr(url)
 
 
 def study_exists(name: str, storage_url: str) -> bool:

@@ -93,3 +93,21 @@ def smoke_study(tmp_path_factory) -> SmokeStudy:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return SmokeStudy("smoke-test", storage, home, home / "out", result.stdout)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The URL of a PostgreSQL server started for this test session (skipped where none can be started)."""
+    import shutil
+    import tempfile
+
+    from tests.postgres_server import postgres_server, unavailable
+
+    if why := unavailable():
+        pytest.skip(why)
+    root = Path(tempfile.mkdtemp(prefix="squeezefit-postgres-"))  # not under pytest's root-only folder
+    try:
+        with postgres_server(root) as url:
+            yield url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
