@@ -9,7 +9,7 @@ runtimes (onnxruntime, openvino, tensorrt) are imported only when a device measu
 Where things are: `base` (the contracts), `vocabulary` (what other layers may use),
 `registry`, `timing` (the protocol) with `host_lock`, `memory`, `inputs`; `artifact`
 (check, structure hash), `cache`, `hardware`; one file per device kind (`ort`, `openvino`,
-`tensorrt`, `remote`); `accuracy` with `datasets`; `paths` and `environment`.
+`tensorrt`, `remote`, `ray_device`); `accuracy` with `datasets`; `paths` and `environment`.
 """
 
 import importlib
@@ -23,7 +23,7 @@ from evaluators.timing import LocalDevice
 from evaluators.vocabulary import PRECISIONS, Int8Recipe, UserError
 
 # Built-in devices register themselves on import; `known_devices()` lists them in this order.
-BUILT_IN_DEVICES = ("ort", "openvino", "tensorrt", "remote")
+BUILT_IN_DEVICES = ("ort", "openvino", "tensorrt", "remote", "ray_device")
 for _module in BUILT_IN_DEVICES:
     importlib.import_module(f"evaluators.{_module}")
 

@@ -32,9 +32,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import threading
+import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from evaluators.artifact import check_artifact, structure_hash
@@ -148,7 +150,8 @@ class LatencyMeasurement(_StatsView):
     stats: the protocol's statistics (its fields are also readable here: `m.p50_ms`).
     peak_memory_mb: peak resident memory (MB) added by loading and running the artifact.
     cached: True when the numbers come from the cache and nothing was timed now.
-    `to_dict()` is flat: the statistics' fields, then device, fingerprint, fingerprint_hash.
+    `to_dict()` is flat: the statistics' fields, then device, fingerprint, fingerprint_hash, session.
+    session: where and when it was timed (`timing_session`: host, started, ended; `node` on a Ray cluster).
     """
 
     stats: TimingStats
@@ -156,6 +159,7 @@ class LatencyMeasurement(_StatsView):
     device: str
     fingerprint: Fingerprint
     cached: bool = False
+    session: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {**asdict(self.stats), **_provenance(self)}
@@ -182,7 +186,8 @@ class PairedMeasurement(_StatsView):
     `latency_ms(l0)` = ratio x l0: the candidate's latency on the scale where the reference
     takes `l0` ms (a study fixes l0 once, so its trials stay comparable).
     `to_dict()` is flat: ratio fields, the candidate's statistics, reference_p50_ms,
-    host_drift, reference_structure, peak_memory_mb, device, fingerprint, cached, fingerprint_hash.
+    host_drift, reference_structure, peak_memory_mb, device, fingerprint, cached, fingerprint_hash,
+    session (where and when it was timed, as for `LatencyMeasurement`).
     """
 
     ratio: float
@@ -196,6 +201,7 @@ class PairedMeasurement(_StatsView):
     device: str
     fingerprint: Fingerprint
     cached: bool = False
+    session: dict = field(default_factory=dict)
 
     def latency_ms(self, reference_ms: float) -> float:
         """The candidate's latency when the reference takes `reference_ms` ms."""
@@ -239,6 +245,7 @@ def _provenance(m) -> dict:
         "fingerprint": m.fingerprint.to_dict(),
         "cached": m.cached,
         "fingerprint_hash": m.fingerprint.hash,
+        "session": dict(m.session),
     }
 
 
@@ -250,7 +257,24 @@ def _provenance_from(data: dict) -> dict:
         "device": data["device"],
         "fingerprint": fp if isinstance(fp, Fingerprint) else Fingerprint.from_dict(fp),
         "cached": bool(data.get("cached", False)),
+        "session": dict(data.get("session") or {}),
     }
+
+
+def timing_session(started: float, ended: float) -> dict:
+    """Where and when a measurement was timed: this host's name and the wall-clock window (epoch seconds).
+
+    A device that times on another machine (a remote agent, a Ray cluster's device node) returns
+    that machine's session, with its `node` where it has one."""
+    return {"host": socket.gethostname(), "started": round(started, 3), "ended": round(ended, 3)}
+
+
+def _stamped(result, started: float):
+    """`result` (one measurement or a list) with this host's session unless the device already said where it timed."""
+    ended = time.time()
+    if isinstance(result, list):
+        return [_stamped(one, started) for one in result]
+    return result if result.session else replace(result, session=timing_session(started, ended))
 
 
 class Device(ABC):
@@ -303,7 +327,8 @@ class Device(ABC):
                 return LatencyMeasurement.from_dict(hit)
             inputs = synthetic_inputs(model)
             del model  # the runtime reloads the file; don't keep a second copy in memory
-            result = self._measure(path, settings, inputs)
+            started = time.time()
+            result = _stamped(self._measure(path, settings, inputs), started)
             if cache is not None and not result.cached:
                 cache.put(*key, result.to_dict())
             return result
@@ -340,7 +365,10 @@ class Device(ABC):
             key = (structure, self.fingerprint().hash, f"{settings.key()}:vs:{ref_structure}")
             if cache is not None and (hit := cache.get(*key)) is not None:
                 return PairedMeasurement.from_dict(hit)
-            result = self._measure_together([reference, candidate], settings, inputs, ref_structure)[1]
+            started = time.time()
+            result = _stamped(self._measure_together([reference, candidate], settings, inputs, ref_structure), started)[
+                1
+            ]
             if cache is not None:
                 cache.put(*key, result.to_dict())
             return result
@@ -363,7 +391,8 @@ class Device(ABC):
         for path in paths[1:]:
             _check_same_inputs(path, synthetic_inputs(check_artifact(path)), paths[0], inputs)
         with self._serial:
-            return self._measure_together(paths, settings, inputs, ref_structure)
+            started = time.time()
+            return _stamped(self._measure_together(paths, settings, inputs, ref_structure), started)
 
     def _measure_together(
         self, paths: list[Path], settings: TimingSettings, inputs: dict, reference_structure: str

@@ -15,7 +15,19 @@ from evaluators.environment import ensure_offline
 from evaluators.vocabulary import UserError
 
 # Order is the order `squeezefit --help` lists them in.
-COMMANDS = ("data", "baseline", "sensitivity", "search", "front", "export", "transfer", "measure", "agent", "bench")
+COMMANDS = (
+    "data",
+    "baseline",
+    "sensitivity",
+    "search",
+    "front",
+    "export",
+    "transfer",
+    "measure",
+    "agent",
+    "worker",
+    "bench",
+)
 
 
 def _available_commands() -> dict:

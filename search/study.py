@@ -34,6 +34,8 @@ class StudyConfig:
     `spaces.importance.CRITERIA` (magnitude, lamp, taylor; checked by `search.prepare`, which
     imports the spaces); pruning_round_to: every channel group keeps a multiple of this
     many channels (None: any count). Both apply to the trials and to `squeezefit sensitivity`.
+    address: the Ray cluster (HOST:PORT, or "auto" for RAY_ADDRESS) the search runs on, its
+    device measured on the node holding `device:<device>` (`search.cluster`); None: a local Ray.
     """
 
     name: str = "default"
@@ -54,6 +56,7 @@ class StudyConfig:
     latency_min_seconds: float = 2.0
     sensitivity_max_drop: float | None = None
     concurrency: int = 1
+    address: str | None = None
     storage: str | None = None
     seed: int = 0
     pruning_importance: str = "magnitude"

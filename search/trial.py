@@ -75,7 +75,8 @@ class TrialLatency:
 
     latency_ms / latency_p90_ms: p50 / p90 as the ratio to the reference times L0.
     timing: the paired measurement behind them — ratio, ratio_low, ratio_high (95%),
-    p50_ms and reference_p50_ms as timed in that session, host_drift, runs, cached.
+    p50_ms and reference_p50_ms as timed in that session, host_drift, runs, cached, and
+    measured_on: where and when (`evaluators.base.timing_session`: host, started, ended; node on a cluster).
     """
 
     latency_ms: float
@@ -94,6 +95,7 @@ class TrialLatency:
             "host_drift": m.host_drift,
             "runs": m.runs,
             "cached": m.cached,
+            "measured_on": dict(m.session),
             **extra,
         }
         return cls(m.latency_ms(reference_ms), m.p90_ms * reference_ms / m.reference_p50_ms, timing)

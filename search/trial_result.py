@@ -25,7 +25,8 @@ class TrialResult:
     the ratio to the study's reference artifact, timed side by side, times its L0; see
     `search.trial.time_artifact`); timing: that paired measurement (ratio with its 95%
     interval, raw p50s, host drift, runs); size in MB; macs per image and params as plain
-    counts; seconds: wall seconds per step.
+    counts; seconds: wall seconds per step. trained_on: where the trial ran (host; node: the Ray
+    node id), set by the Ray trial function; where its latency was timed is `timing["measured_on"]`.
     """
 
     status: str
@@ -45,6 +46,7 @@ class TrialResult:
     weights: str = ""
     seconds: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
+    trained_on: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -20,13 +20,14 @@ import functools
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 from optuna.trial import TrialState
 
 from evaluators.environment import ensure_offline
 from evaluators.vocabulary import UserError
+from search.cluster import where_this_runs
 from search.samplers import make_sampler
 from search.searcher import define_by_run, progress_callback, searcher_class
 from search.study import OBJECTIVES, StudyConfig, create_study, load_study, open_storage, study_exists
@@ -83,6 +84,7 @@ def run_trial(config: dict, ctx: TrialContext, study_name: str, storage_url: str
         )
 
     result = evaluate_policy(policy, ctx, should_stop=should_stop)
+    result = replace(result, trained_on=where_this_runs())
     tune.report(
         {
             "map50_95": result.map50_95,
@@ -179,16 +181,19 @@ def run_search(
     )
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    on_cluster = ray.is_initialized()  # connected by `search.cluster.connect`: trials go wherever Ray has a CPU
     cpus = max(os.cpu_count() or 1, config.concurrency)
-    ray.init(
-        num_cpus=cpus, include_dashboard=False, log_to_driver=True, logging_level="ERROR", ignore_reinit_error=True
-    )
+    if not on_cluster:
+        ray.init(
+            num_cpus=cpus, include_dashboard=False, log_to_driver=True, logging_level="ERROR", ignore_reinit_error=True
+        )
     try:
         trainable = tune.with_parameters(
             run_trial, ctx=ctx, study_name=name, storage_url=storage_url, early_stop=early_stop
         )
-        # Fine-tuning uses the trial's share of the cores; latency is still timed at the device's own threads.
-        trainable = tune.with_resources(trainable, {"cpu": max(1, cpus // config.concurrency)})
+        # Fine-tuning uses the trial's share of the cores (one CPU on a cluster); latency is timed at the device's
+        # own threads, on the device's node.
+        trainable = tune.with_resources(trainable, {"cpu": 1 if on_cluster else max(1, cpus // config.concurrency)})
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -210,7 +215,8 @@ def run_search(
         )
         tuner.fit()
     finally:
-        ray.shutdown()
+        if not on_cluster:
+            ray.shutdown()  # a cluster connection is the caller's (`search.cluster.connect`)
         searcher.fail_unfinished()  # interrupted (Ctrl-C): never leave a trial RUNNING
     _time_front_together(name, storage_url)
     return SearchOutcome(

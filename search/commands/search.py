@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pruning-round-to", type=int, help="every pruned channel group keeps a multiple of this many (default 8)"
     )
+    parser.add_argument("--concurrency", type=int, help="trials run at once (default 1)")
+    parser.add_argument(
+        "--address", help="run on this Ray cluster (HOST:PORT, or auto for RAY_ADDRESS); default: a local Ray"
+    )
     parser.add_argument("--resume", action="store_true", help="continue a stopped study of the same name")
     parser.add_argument("--no-early-stop", action="store_true", help="never stop a fine-tune early")
     parser.add_argument(
@@ -36,20 +40,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.export import export_bundle
-    from search.front import pareto_front, plot_front, trials_table
-    from search.front_timing import front_text
-    from search.prepare import prepare
+    from search.cluster import connect, disconnect
     from search.study import StudyConfig, load_study, study_record
-    from search.tuner import check_can_start, run_search
+    from search.tuner import check_can_start
 
     config = StudyConfig.from_yaml(args.config, **config_overrides(args))
     if args.budget_ms is not None:
         config = replace(
             config, budget_fraction=None
         )  # an absolute budget on the command line replaces the file's rule
-    exists = check_can_start(config.name, config.storage_url, resume=args.resume)  # before minutes of preparation
-    record = study_record(load_study(config.name, config.storage_url)) if exists else None
+    if config.address:  # first, so a bad address leaves the storage untouched; the device is measured on its node
+        config = replace(config, device=connect(config.address, config.device))
+    try:
+        exists = check_can_start(config.name, config.storage_url, resume=args.resume)  # before minutes of preparation
+        record = study_record(load_study(config.name, config.storage_url)) if exists else None
+        return _search(config, record, args)
+    finally:
+        disconnect()
+
+
+def _search(config, record, args: argparse.Namespace) -> int:
+    from search.export import export_bundle
+    from search.front import pareto_front, plot_front, trials_table
+    from search.front_timing import front_text
+    from search.prepare import prepare
+    from search.study import load_study
+    from search.tuner import run_search
+
     prepared = prepare(config, record=record)  # a resumed study keeps its L0 and budget
     outcome = run_search(config, prepared, name=config.name, resume=args.resume, early_stop=not args.no_early_stop)
     study = load_study(config.name, config.storage_url)

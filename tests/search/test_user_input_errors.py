@@ -159,3 +159,23 @@ def test_the_cli_process_prints_one_line(tmp_path, home):
         result = run_cli(argv, home, timeout=300)
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and result.stderr.startswith(expected), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "nonsense", "--address", "127.0.0.1:6379"], "unknown device 'nonsense'"),
+        (["--device", "ray:ort-cpu", "--address", "127.0.0.1:6379"], "a worker owns a local device"),
+        (["--device", "ort-cpu", "--address", "nohost"], "must be HOST:PORT"),
+        (["--device", "ort-cpu", "--address", "127.0.0.1:6379", "--num-cpus", "-1"], "--num-cpus must be zero or more"),
+    ],
+)
+def test_a_worker_with_bad_input_does_not_start_a_node(args, message, capsys):
+    assert main(["worker", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_search_with_address_auto_and_no_ray_address_is_a_user_error(monkeypatch, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["search", "studies/smoke.yaml", "--address", "auto"]) == 2
+    assert "--address auto needs RAY_ADDRESS" in capsys.readouterr().err
