@@ -77,11 +77,24 @@ def agent_url(tmp_path_factory):
     server.server_close()
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance whose one node holds `device:ort-cpu`, as a cluster's device node does."""
+    import ray
+
+    ray.init(num_cpus=1, resources={"device:ort-cpu": 1}, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(params=DEVICES)
 def device(request, tmp_path):
     cache = LatencyCache(tmp_path / "cache.sqlite")
     if request.param == "remote":
         return RemoteDevice(request.getfixturevalue("agent_url"), token=TOKEN, cache=cache)
+    if request.param == "ray":  # ort-cpu, measured by Ray tasks on the node holding its resource
+        request.getfixturevalue("local_ray")
+        return get_device("ray:ort-cpu", cache=cache)
     prefix = request.param.split(":")[0]
     status = next(s for s in available_devices() if s.prefix == prefix)
     if not status.usable:
@@ -139,7 +152,7 @@ def test_unknown_device_names_the_known_ones():
         get_device("jetson-nano")
 
 
-@pytest.mark.parametrize("name", ["ort-cpu:0", "ort-cpu:two", "openvino-cpu:-1", "remote:10.0.0.1"])
+@pytest.mark.parametrize("name", ["ort-cpu:0", "ort-cpu:two", "openvino-cpu:-1", "remote:10.0.0.1", "ray"])
 def test_bad_device_arguments_are_user_errors(name):
     with pytest.raises(UserError):
         get_device(name, cache=False)
