@@ -96,14 +96,17 @@ def study_on_cluster(cluster, postgres_url, tmp_path_factory):
 
 
 def _device_node(cluster) -> str:
-    """The node id of the node holding the device (asked of the cluster)."""
-    import ray
-
-    ray.init(address=cluster, logging_level="ERROR")
-    try:
-        return next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(f"device:{DEVICE}"))
-    finally:
-        ray.shutdown()
+    """The node id of the node holding the device, asked of the cluster by a fresh process (Ray reads its
+    authentication settings once per process, and this one may have run a local Ray before)."""
+    ask = (
+        f"import ray; ray.init(address={cluster!r}, logging_level='ERROR'); "
+        f"print(next(n['NodeID'] for n in ray.nodes() if n['Alive'] and n['Resources'].get('device:{DEVICE}')))"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", ask], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    return answer.stdout.strip().splitlines()[-1]
 
 
 def test_trials_run_on_both_nodes_and_are_measured_on_the_device_node_one_at_a_time(cluster, study_on_cluster):
