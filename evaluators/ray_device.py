@@ -8,7 +8,8 @@ lands on the device's node (never elsewhere) and at most one runs at a time acro
 whatever node fine-tuned the model. A node that should time without fine-tuning beside it joins
 with `--num-cpus 0`. The artifacts travel as bytes through Ray's object store, not a shared file system;
 the node writes them to a temporary folder and times them with its own device (its probe, its
-fingerprint, its latency cache). Everything the device reports (precisions, INT8 recipe,
+fingerprint; never its latency cache: the caller's cache is the one cache, so a request the
+caller did not find there is timed). Everything the device reports (precisions, INT8 recipe,
 accuracy runtime, fingerprint) comes from that node too, by a task asking for a sliver of the
 resource (it never waits for a measurement).
 
@@ -130,8 +131,8 @@ def _device_info(device: str) -> dict:
 def _measure_on_node(device: str, files: list, settings: dict) -> list[dict]:
     from evaluators.registry import get_device
 
-    with _written(files) as paths:
-        measured = get_device(device).measure(paths[0], settings=TimingSettings.from_dict(settings))
+    with _written(files) as paths:  # the caller's cache is the one cache: the node times every request
+        measured = get_device(device, cache=False).measure(paths[0], settings=TimingSettings.from_dict(settings))
         return [_on_this_node(measured).to_dict()]
 
 
@@ -139,7 +140,7 @@ def _together_on_node(device: str, files: list, settings: dict) -> list[dict]:
     from evaluators.registry import get_device
 
     with _written(files) as paths:
-        measured = get_device(device).measure_together(paths, settings=TimingSettings.from_dict(settings))
+        measured = get_device(device, cache=False).measure_together(paths, settings=TimingSettings.from_dict(settings))
         return [_on_this_node(m).to_dict() for m in measured]
 
 
