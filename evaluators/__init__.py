@@ -9,7 +9,7 @@ runtimes (onnxruntime, openvino, tensorrt) are imported only when a device measu
 Where things are: `base` (the contracts), `vocabulary` (what other layers may use),
 `registry`, `timing` (the protocol) with `host_lock`, `memory`, `inputs`; `artifact`
 (check, structure hash), `cache`, `hardware`; one file per device kind (`ort`, `openvino`,
-`tensorrt`, `remote`, `ray_device`); `accuracy` with `datasets`; `paths` and `environment`.
+`tensorrt`, `remote`, `ray_device`; the last two through `reported`); `accuracy` with `datasets`; `paths` and `environment`.
 """
 
 import importlib

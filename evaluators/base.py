@@ -366,9 +366,9 @@ class Device(ABC):
             if cache is not None and (hit := cache.get(*key)) is not None:
                 return PairedMeasurement.from_dict(hit)
             started = time.time()
-            result = _stamped(self._measure_together([reference, candidate], settings, inputs, ref_structure), started)[
-                1
-            ]
+            result = _stamped(
+                self._measure_together([reference, candidate], settings, inputs, ref_structure)[1], started
+            )
             if cache is not None:
                 cache.put(*key, result.to_dict())
             return result

@@ -20,13 +20,16 @@ that waits forever.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from evaluators.base import Device, Fingerprint, LatencyMeasurement, PairedMeasurement, TimingSettings
+from evaluators.base import LatencyMeasurement, PairedMeasurement, TimingSettings
 from evaluators.registry import register_device
-from evaluators.vocabulary import Int8Recipe, UserError
+from evaluators.reported import ReportedDevice, device_info
+from evaluators.vocabulary import UserError
 
 RESOURCE_PREFIX = "device:"
 # What an information task asks of the resource: enough to land on the node, never enough to wait.
@@ -52,7 +55,7 @@ def check_cluster_has(device: str) -> None:
         )
 
 
-class RayDevice(Device):
+class RayDevice(ReportedDevice):
     """`device` (a local device name, e.g. "ort-cpu:2") measured on the cluster node that holds its resource."""
 
     def __init__(self, device: str, *, cache=None):
@@ -71,22 +74,6 @@ class RayDevice(Device):
             self._info = ray.get(task.remote(self.device))
         return self._info
 
-    @property
-    def precisions(self) -> tuple[str, ...]:
-        return tuple(self.info()["precisions"])
-
-    @property
-    def int8_recipe(self) -> Int8Recipe | None:
-        recipe = self.info()["int8_recipe"]
-        return Int8Recipe.from_dict(recipe) if recipe else None
-
-    @property
-    def accuracy_runtime(self) -> str:
-        return self.info().get("accuracy_runtime", "onnxruntime")
-
-    def fingerprint(self) -> Fingerprint:
-        return Fingerprint.from_dict(self.info()["fingerprint"])
-
     def _measure(self, artifact_path: Path, settings: TimingSettings, inputs: dict) -> LatencyMeasurement:
         answer = self._run(_measure_on_node, [artifact_path.read_bytes()], settings)
         return dataclasses.replace(LatencyMeasurement.from_dict(answer[0]), device=self.name)
@@ -102,7 +89,7 @@ class RayDevice(Device):
 
         check_cluster_has(self.device)
         task = ray.remote(function).options(**_placement(self.resource, 1), max_retries=0)
-        return ray.get(task.remote(self.device, [ray.put(data) for data in files], settings.to_dict()))
+        return ray.get(task.remote(self.device, files, settings.to_dict()))  # large arguments go by the object store
 
 
 def _placement(resource: str, amount: float) -> dict:
@@ -123,12 +110,11 @@ def _placement(resource: str, amount: float) -> dict:
 
 def _device_info(device: str) -> dict:
     from evaluators.registry import get_device
-    from evaluators.remote import device_info
 
     return device_info(get_device(device))
 
 
-def _measure_on_node(device: str, files: list, settings: dict) -> list[dict]:
+def _measure_on_node(device: str, files: list[bytes], settings: dict) -> list[dict]:
     from evaluators.registry import get_device
 
     with _written(files) as paths:  # the caller's cache is the one cache: the node times every request
@@ -136,7 +122,7 @@ def _measure_on_node(device: str, files: list, settings: dict) -> list[dict]:
         return [_on_this_node(measured).to_dict()]
 
 
-def _together_on_node(device: str, files: list, settings: dict) -> list[dict]:
+def _together_on_node(device: str, files: list[bytes], settings: dict) -> list[dict]:
     from evaluators.registry import get_device
 
     with _written(files) as paths:
@@ -151,25 +137,14 @@ def _on_this_node(measurement):
     return dataclasses.replace(measurement, session={**measurement.session, "node": node})
 
 
-class _written:
+@contextlib.contextmanager
+def _written(files: list[bytes]) -> Iterator[list[Path]]:
     """The uploaded artifacts as files in a temporary folder (removed on exit)."""
-
-    def __init__(self, files: list):
-        self.files = files
-
-    def __enter__(self) -> list[Path]:
-        import ray
-
-        self.folder = tempfile.TemporaryDirectory(prefix="squeezefit-ray-")
-        paths = []
-        for index, data in enumerate(self.files):
-            path = Path(self.folder.name) / f"artifact-{index}.onnx"
-            path.write_bytes(ray.get(data) if isinstance(data, ray.ObjectRef) else data)
-            paths.append(path)
-        return paths
-
-    def __exit__(self, *exc) -> None:
-        self.folder.cleanup()
+    with tempfile.TemporaryDirectory(prefix="squeezefit-ray-") as folder:
+        paths = [Path(folder) / f"artifact-{index}.onnx" for index in range(len(files))]
+        for path, data in zip(paths, files, strict=True):
+            path.write_bytes(data)
+        yield paths
 
 
 def _ray_available() -> tuple[bool, str]:

@@ -58,10 +58,11 @@ from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from evaluators.base import Device, Fingerprint, LatencyMeasurement, PairedMeasurement, TimingSettings
+from evaluators.base import Device, LatencyMeasurement, PairedMeasurement, TimingSettings
 from evaluators.inputs import synthetic_inputs
 from evaluators.registry import get_device, register_device
-from evaluators.vocabulary import Int8Recipe, UserError
+from evaluators.reported import ReportedDevice, device_info
+from evaluators.vocabulary import UserError
 
 TOKEN_ENV = "SQUEEZEFIT_AGENT_TOKEN"
 TIMING_HEADER = "X-Squeezefit-Timing"
@@ -250,20 +251,6 @@ def make_server(
     return server
 
 
-def device_info(device: Device) -> dict:
-    """What /info tells a client about `device`."""
-    fingerprint = device.fingerprint()
-    recipe = device.int8_recipe
-    return {
-        "device": device.name,
-        "precisions": list(device.precisions),
-        "int8_recipe": recipe.to_dict() if recipe else None,
-        "accuracy_runtime": device.accuracy_runtime,
-        "fingerprint": fingerprint.to_dict(),
-        "fingerprint_hash": fingerprint.hash,
-    }
-
-
 def _check_onnx_bytes(data: bytes):
     """The `onnx.ModelProto` of uploaded bytes; anything that is not a valid ONNX model is a 400."""
     import onnx
@@ -327,7 +314,7 @@ class _UnknownReference(UserError):
     """The agent does not hold a reference key the client sent (evicted, or the agent restarted)."""
 
 
-class RemoteDevice(Device):
+class RemoteDevice(ReportedDevice):
     """A device measured by a `squeezefit agent` at `url` (e.g. "http://10.0.0.7:8765").
 
     Side-by-side timing runs on the agent (see the module docstring); the client remembers
@@ -349,22 +336,6 @@ class RemoteDevice(Device):
         if self._info is None:
             self._info = json.loads(self._request("GET", "/info", timeout=30))
         return self._info
-
-    @property
-    def precisions(self) -> tuple[str, ...]:
-        return tuple(self.info()["precisions"])
-
-    @property
-    def int8_recipe(self) -> Int8Recipe | None:
-        recipe = self.info()["int8_recipe"]
-        return Int8Recipe.from_dict(recipe) if recipe else None
-
-    @property
-    def accuracy_runtime(self) -> str:
-        return self.info().get("accuracy_runtime", "onnxruntime")
-
-    def fingerprint(self) -> Fingerprint:
-        return Fingerprint.from_dict(self.info()["fingerprint"])
 
     def _measure(self, artifact_path: Path, settings, inputs: dict):
         body = self._request(

@@ -31,7 +31,7 @@ def resolve_address(address: str) -> str:
         address = os.environ.get("RAY_ADDRESS", "")
         if not address:
             raise UserError("--address auto needs RAY_ADDRESS to name the cluster (host:port).")
-    address = address.removeprefix("ray://") if address.startswith("ray://") else address
+    address = address.removeprefix("ray://")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"the Ray cluster address {address!r} must be HOST:PORT (the head node's GCS port).")
