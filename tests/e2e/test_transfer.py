@@ -228,12 +228,10 @@ def test_lazy_validation_skips_a_trial_that_cannot_reach_the_front(carried, lazy
     every = {t["source_trial"]: t for t in carried[0]["openvino-cpu"][0]["trials"]}
     budget = study_record(dst)["budget_ms"]
     for t in report["trials"]:
-        there = every[t["source_trial"]]
-        if (
-            t["map_source"] == "carried"
-            and t["status"] == "complete"
-            and max(t["latency_ms"], there["latency_ms"]) <= budget
-        ):
+        if t["map_source"] != "carried" or t["status"] != "complete":
+            continue  # an untuned trial is carried only where it is over the budget: it may be in one transfer only
+        there = every[t["source_trial"]]  # a fine-tuned one is carried by every transfer
+        if max(t["latency_ms"], there["latency_ms"]) <= budget:
             assert there["map_source"] == "revalidated"
     assert report["validations_skipped"] == report["map_sources"]["carried"] > 0
 
