@@ -29,7 +29,7 @@ from pathlib import Path
 from evaluators.base import LatencyMeasurement, PairedMeasurement, TimingSettings
 from evaluators.registry import register_device
 from evaluators.reported import ReportedDevice, device_info
-from evaluators.vocabulary import UserError
+from evaluators.vocabulary import DeviceUnavailable, UserError
 
 RESOURCE_PREFIX = "device:"
 # What an information task asks of the resource: enough to land on the node, never enough to wait.
@@ -42,14 +42,15 @@ def device_resource(device: str) -> str:
 
 
 def check_cluster_has(device: str) -> None:
-    """UserError unless the connected Ray cluster has a node advertising `device_resource(device)`."""
+    """UserError unless this process is connected to a Ray cluster; DeviceUnavailable unless a node of it
+    advertises `device_resource(device)`."""
     import ray
 
     if not ray.is_initialized():
         raise UserError(f"device ray:{device} needs a Ray cluster; pass --address.")
     resource = device_resource(device)
     if ray.cluster_resources().get(resource, 0) < 1:
-        raise UserError(
+        raise DeviceUnavailable(
             f"no node of the Ray cluster holds {resource!r}; start one on the device's machine with "
             f"`squeezefit worker --device {device} --address ADDRESS`."
         )
@@ -89,7 +90,14 @@ class RayDevice(ReportedDevice):
 
         check_cluster_has(self.device)
         task = ray.remote(function).options(**_placement(self.resource, 1), max_retries=0)
-        return ray.get(task.remote(self.device, files, settings.to_dict()))  # large arguments go by the object store
+        try:
+            return ray.get(task.remote(self.device, files, settings.to_dict()))  # large arguments: object store
+        except ray.exceptions.RayTaskError:
+            raise  # the measurement itself failed there (a bad artifact): the trial's own error
+        except ray.exceptions.RayError as exc:  # the node or its worker died meanwhile
+            raise DeviceUnavailable(
+                f"the node holding {self.resource!r} stopped while measuring ({type(exc).__name__})."
+            ) from None
 
 
 def _placement(resource: str, amount: float) -> dict:

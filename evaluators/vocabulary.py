@@ -30,6 +30,11 @@ class UserError(Exception):
     """An input a user can fix; the message is one sentence that says what to change."""
 
 
+class DeviceUnavailable(UserError):
+    """The device can no longer be reached (its node left the cluster, its agent stopped): no measurement
+    after this one can succeed, so a search stops rather than fail every trial that follows."""
+
+
 PRECISIONS: tuple[str, ...] = ("int8", "bf16", "fp16", "fp32")
 INFERENCE_PRECISION_KEY = "squeezefit.inference_precision"
 FP32_NODES_KEY = "squeezefit.fp32_nodes"

@@ -13,8 +13,10 @@ every node need the same token (`RAY_AUTH_TOKEN`, or the file `ray get-auth-toke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 
 from evaluators.vocabulary import UserError
 
@@ -76,12 +78,50 @@ def connect(address: str, device: str) -> str:
     return f"ray:{plain}"
 
 
+@contextlib.contextmanager
+def joined(device: str, address: str | None, recorded: str | None = None) -> Iterator[str]:
+    """Connected, for the block, to the cluster a `ray:` study's device lives on; yields the device to measure by.
+
+    A command that times a stored study's device (export, front --retime, transfer) joins its cluster:
+    `address` (the command's --address), else `recorded` (the address the study was searched with).
+    A device not on Ray needs no cluster: `device` is yielded unchanged, unless `address` is given, which
+    measures it on the cluster as ray:<device> (as `search --address` does). UserError when a `ray:` device
+    has no address to join.
+    """
+    if not device.startswith("ray:") and not address:
+        yield device
+        return
+    address = address or recorded
+    if not address:
+        raise UserError(f"the study measures on {device}, on a Ray cluster: pass --address HOST:PORT (or auto).")
+    try:
+        yield connect(address, device)
+    finally:
+        disconnect()
+
+
 def disconnect() -> None:
     """Leave the cluster (a no-op when not connected)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def check_shared(*paths: str) -> None:
+    """FileNotFoundError unless every one of `paths` (the driver's) is visible in this process.
+
+    The nodes of a cluster share files through one directory: the squeezefit home (data, baseline,
+    caches) and the study's output directory (every trial's weights and artifacts, which export,
+    transfer and a resumed search read) must be at the same path on every node; on one machine they
+    are. A trial that runs where they are not fails with this reason instead of a confusing one later.
+    """
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"{missing[0]} is not visible on {socket.gethostname()}: every node of the cluster must see the "
+            "squeezefit home and the study's output directory at the same path (one shared directory)"
+        )
 
 
 def where_this_runs() -> dict:

@@ -4,13 +4,17 @@ Ray's `OptunaSearch` asks Optuna for each trial's parameters and tells it the re
 would tell a multi-objective trial stopped early (no values) as COMPLETE with None and
 fail; `searcher_class()`'s searcher tells it PRUNED instead, a crashed trial FAIL, and
 records on every Optuna trial the `TrialResult` (as user attributes) and the latency
-constraint `latency_budget` = p50 - budget (feasible when <= 0). Ray is imported only
-when these are built.
+constraint `latency_budget` = p50 - budget (feasible when <= 0). A crashed trial (its code
+raised, or the node running it died) is told FAIL with user attributes `status` "failed",
+`error` (one line: why) and `trained_on` (the host it ran on): Ray hands the searcher no
+error, so the searcher holds the trial until `failure_callback`, which Ray calls right
+after with the trial, tells it. Ray is imported only when these are built.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 
@@ -40,13 +44,17 @@ def searcher_class():
         def __init__(self, *args, budget_ms: float, **kwargs):
             super().__init__(*args, **kwargs)
             self._budget_ms = budget_ms
+            self._failed: set = set()
 
         def on_trial_complete(self, trial_id, result=None, error=False):
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is None or trial_id in self._completed_trials:
                 return
+            if error:
+                self._failed.add(trial_id)  # told by `fail` with the reason, or at the end by `fail_unfinished`
+                return
             self._completed_trials.add(trial_id)
-            if error or not result or "result" not in result:
+            if not result or "result" not in result:
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
                 return
             outcome = TrialResult.from_dict(json.loads(result["result"]))
@@ -58,6 +66,18 @@ def searcher_class():
             else:
                 self._ot_study.tell(ot_trial, [result[m] for m in self._metric])
 
+        def fail(self, trial_id, reason: str, host: str | None) -> None:
+            """Tell the crashed trial `trial_id` FAIL, recording why (`reason`, one line) and where (`host`)."""
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None or trial_id in self._completed_trials:
+                return
+            self._completed_trials.add(trial_id)
+            ot_trial.set_user_attr("status", "failed")
+            ot_trial.set_user_attr("error", reason)
+            if host:
+                ot_trial.set_user_attr("trained_on", {"host": host})
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+
         def fail_unfinished(self) -> None:
             """Tell every trial still running as FAIL (the search was interrupted): none stays RUNNING."""
             for trial_id, ot_trial in self._ot_trials.items():
@@ -66,6 +86,84 @@ def searcher_class():
                     self._ot_study.tell(ot_trial, state=TrialState.FAIL)
 
     return StudySearcher
+
+
+def lost_device(error: BaseException | None) -> bool:
+    """Whether a trial crashed because its device can no longer be reached (`DeviceUnavailable`)."""
+    from ray.exceptions import RayTaskError
+
+    from evaluators.vocabulary import DeviceUnavailable
+
+    if isinstance(error, RayTaskError):
+        error = getattr(error, "cause", None) or error.as_instanceof_cause()
+    return isinstance(error, DeviceUnavailable)
+
+
+def failure_reason(error: BaseException | None) -> str:
+    """One line saying why a trial crashed, from the error Ray recorded for it (None: unknown)."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    if error is None:
+        return "the trial failed and Ray recorded no error"
+    if isinstance(error, RayTaskError):
+        cause = error.as_instanceof_cause()
+        if not isinstance(cause, RayActorError):
+            inner = getattr(error, "cause", None) or cause
+            return f"{type(inner).__name__}: {_first_line(str(inner))}"
+        error = cause
+    if isinstance(error, RayActorError):
+        return f"the Ray worker running the trial died ({_first_line(str(error)).rstrip('.')})"
+    return f"{type(error).__name__}: {_first_line(str(error))}"
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "no message"
+
+
+def _node_ip(error: BaseException | None) -> str | None:
+    """The IP address of the node a Ray error happened on, as its message names it ("ip=..." / "ip: ...")."""
+    found = re.search(r"\bip[=:]\s*([0-9A-Fa-f.:]*[0-9A-Fa-f])", str(error)) if error is not None else None
+    return found.group(1) if found else None
+
+
+def _recorded_error(trial) -> BaseException | None:
+    """The error Ray recorded for a crashed `trial`, from the driver's copy (the storage's may not be synced yet)."""
+    import ray.cloudpickle as cloudpickle
+
+    path = trial.pickled_error_file
+    try:
+        with open(path, "rb") as file:
+            return cloudpickle.load(file)
+    except Exception:  # none written (the error was not Ray's) or unreadable: the trial fails without its reason
+        return None
+
+
+def failure_callback(searcher):
+    """A Ray Tune callback telling `searcher` (a `searcher_class()` instance) each crashed trial with its reason;
+    also a stopper: once a trial lost the device, `device_lost` holds why and no new trial starts."""
+    from ray.tune import Callback, Stopper
+
+    class Failures(Callback, Stopper):
+        device_lost: str | None = None
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            error = _recorded_error(trial)
+            reason = failure_reason(error)
+            print(f"[trial failed] {reason}", flush=True)
+            # where it ran: Ray knows the host once a trial reported; Ray's error names its node's IP
+            where = trial.temporary_state.location.hostname or _node_ip(error)
+            searcher.fail(trial.trial_id, reason, where)
+            if lost_device(error) and self.device_lost is None:
+                self.device_lost = reason.split(": ", 1)[-1]
+
+        def __call__(self, trial_id, result) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return self.device_lost is not None
+
+    return Failures()
 
 
 def progress_callback(total: int, budget_ms: float, start: float):
@@ -78,6 +176,9 @@ def progress_callback(total: int, budget_ms: float, start: float):
     class Progress(Callback):
         def __init__(self):
             self.done, self.best = 0, None
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1  # `failure_callback` says why
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if "result" not in result:

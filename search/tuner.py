@@ -27,9 +27,9 @@ from optuna.trial import TrialState
 
 from evaluators.environment import ensure_offline
 from evaluators.vocabulary import UserError
-from search.cluster import where_this_runs
+from search.cluster import check_shared, where_this_runs
 from search.samplers import make_sampler
-from search.searcher import define_by_run, progress_callback, searcher_class
+from search.searcher import define_by_run, failure_callback, progress_callback, searcher_class
 from search.study import OBJECTIVES, StudyConfig, create_study, load_study, open_storage, study_exists
 from search.trial import TrialContext, evaluate_policy
 
@@ -76,6 +76,7 @@ def run_trial(config: dict, ctx: TrialContext, study_name: str, storage_url: str
     from ray import tune
 
     ensure_offline()  # a worker process may live on another machine
+    check_shared(ctx.checkpoint, ctx.data_yaml, ctx.outdir)
     policy = ctx.space.sample(optuna.trial.FixedTrial(config))
 
     def should_stop(epoch: int, value: float, latency_ms: float) -> bool:
@@ -187,6 +188,7 @@ def run_search(
         ray.init(
             num_cpus=cpus, include_dashboard=False, log_to_driver=True, logging_level="ERROR", ignore_reinit_error=True
         )
+    failures = failure_callback(searcher)
     try:
         trainable = tune.with_parameters(
             run_trial, ctx=ctx, study_name=name, storage_url=storage_url, early_stop=early_stop
@@ -209,7 +211,8 @@ def run_search(
                 name=name,
                 storage_path=str(runs_dir() / "ray"),
                 verbose=0,
-                callbacks=[progress_callback(remaining, ctx.budget_ms, start)],
+                callbacks=[failures, progress_callback(remaining, ctx.budget_ms, start)],
+                stop=failures,
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
@@ -218,6 +221,11 @@ def run_search(
         if not on_cluster:
             ray.shutdown()  # a cluster connection is the caller's (`search.cluster.connect`)
         searcher.fail_unfinished()  # interrupted (Ctrl-C): never leave a trial RUNNING
+    if failures.device_lost:
+        raise UserError(
+            f"{failures.device_lost.rstrip('.')}: the search stopped; the study keeps its finished trials and "
+            "--resume continues it once the device is back."
+        )
     _time_front_together(name, storage_url)
     return SearchOutcome(
         name, storage_url, ctx.budget_ms, prepared.baseline_latency_ms, remaining, time.perf_counter() - start

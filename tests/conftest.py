@@ -32,14 +32,19 @@ class SmokeStudy:
     stdout: str
 
 
-def run_cli(args: list[str], home: Path, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
-    """`squeezefit ARGS` in a fresh process with SQUEEZEFIT_HOME=home (its own data, runs, latency cache)."""
+def cli_env(home: Path) -> dict:
+    """The environment of a `squeezefit` process the tests start: SQUEEZEFIT_HOME=home, unbuffered output."""
     env = dict(os.environ, SQUEEZEFIT_HOME=str(home), PYTHONUNBUFFERED="1")
     env.pop("YOLO_CONFIG_DIR", None)
+    return env
+
+
+def run_cli(args: list[str], home: Path, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
+    """`squeezefit ARGS` in a fresh process with SQUEEZEFIT_HOME=home (its own data, runs, latency cache)."""
     return subprocess.run(
         [sys.executable, "-m", "search.cli", *args],
         cwd=REPO,
-        env=env,
+        env=cli_env(home),
         capture_output=True,
         text=True,
         timeout=timeout,

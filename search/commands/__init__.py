@@ -29,6 +29,15 @@ def add_study_arguments(parser: argparse.ArgumentParser, help: str = "study name
     add_storage_argument(parser)
 
 
+def add_address_argument(parser: argparse.ArgumentParser) -> None:
+    """--address: the Ray cluster that holds a `ray:` device (default: the one the study was searched on)."""
+    parser.add_argument(
+        "--address",
+        help="the Ray cluster holding the device (HOST:PORT, or auto for RAY_ADDRESS); "
+        "default: the one the study was searched on",
+    )
+
+
 def storage_url(args: argparse.Namespace) -> str:
     """The --storage given, or the default study storage (SQLite under the squeezefit home)."""
     from search.study import StudyConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.commands import add_study_arguments, storage_url
+from search.commands import add_address_argument, add_study_arguments, storage_url
 
 HELP = "Export a policy of a study (best under a budget, or a given trial) as a deployable bundle."
 
@@ -20,13 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="bundle directory (policy.yaml, model.onnx, model.pt, card.md)"
     )
+    add_address_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from search.cluster import joined
     from search.export import export_bundle
-    from search.study import load_study
+    from search.study import load_study, study_record
 
     study = load_study(args.study, storage_url(args))
-    out = export_bundle(study, args.out, budget_ms=args.budget_ms, trial=args.trial)
+    record = study_record(study)
+    with joined(record["device"], args.address, record["config"].get("address")):  # the card re-times on it
+        out = export_bundle(study, args.out, budget_ms=args.budget_ms, trial=args.trial)
     print(f"exported to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from search.commands import add_study_arguments, storage_url
+from search.commands import add_address_argument, add_study_arguments, storage_url
 
 HELP = "Show a study's Pareto front (feasible, non-dominated trials) as a table and a plot."
 
@@ -22,17 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="time the front's members and the baseline together now, on the study's device, and show their speedups",
     )
+    add_address_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from search.cluster import joined
     from search.front import pareto_front, plot_front, trials_table
     from search.front_timing import front_text, time_front
     from search.study import load_study, study_record
 
     study = load_study(args.study, storage_url(args))
+    record = study_record(study)
     if args.retime:
-        time_front(study)
-    budget = study_record(study)["budget_ms"]
+        with joined(record["device"], args.address, record["config"].get("address")):
+            time_front(study)
+    budget = record["budget_ms"]
     table = trials_table(study)
     shown = table if args.all else pareto_front(table)
     if args.csv:

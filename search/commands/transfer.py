@@ -52,21 +52,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-early-stop", action="store_true", help="never stop a fine-tune of the continued search early"
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    parser.add_argument(
+        "--address", help="measure the new device on this Ray cluster's node that holds it (HOST:PORT, or auto)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from evaluators.vocabulary import UserError
+    from search.cluster import joined
     from search.transfer import MAP_MARGIN, transfer_study
 
     if args.continue_trials < 0 or args.top_k < 0:
         raise UserError("--continue and --top-k must be zero or more.")
     storage = storage_url(args)
     progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    with progress:
+    with progress, joined(args.device, args.address) as device:
         report = transfer_study(
             args.study,
             storage,
-            args.device,
+            device,
             name=args.name,
             budget_ms=args.budget_ms,
             budget_fraction=args.budget_fraction,

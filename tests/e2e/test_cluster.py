@@ -3,15 +3,18 @@ holding `device:ort-cpu`; the study in a real PostgreSQL server (tests/postgres_
 
 The smoke study runs with two trials at once: trials fine-tune on both nodes, every latency is
 measured on the device's node, one measurement at a time, and the study is whole in PostgreSQL.
+A third node killed while a trial fine-tunes on it loses only that trial: FAIL with the reason.
 Bad addresses and a cluster without the device are one sentence and exit code 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,16 +22,18 @@ import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 from optuna.trial import TrialState
 
 from search.study import load_study
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_env, run_cli
 from tests.postgres_server import free_port
 
 pytestmark = pytest.mark.slow  # minutes: a two-node cluster and the smoke study on it
 
 DEVICE = "ort-cpu"
+SPARE_NODE = ("--num-cpus", "1", "--block", "--disable-usage-stats")  # a node for fine-tuning only
 
 
 def _ray(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -133,6 +138,112 @@ def test_trials_run_on_both_nodes_and_are_measured_on_the_device_node_one_at_a_t
     # the study is whole in PostgreSQL, as Optuna itself reads it
     plain = optuna.load_study(study_name=study.study_name, storage=url)
     assert len(plain.trials) == len(trials) and plain.user_attrs["squeezefit"]["device"] == f"ray:{DEVICE}"
+
+
+def test_a_trial_trained_on_the_other_node_exports_from_the_driver(cluster, study_on_cluster, tmp_path):
+    """Weights and artifacts live in the shared squeezefit home; the export re-times the card on the device's node,
+    joining the cluster the study recorded."""
+    study, url = study_on_cluster
+    device_node = _device_node(cluster)
+    trial = next(
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.COMPLETE
+        and t.user_attrs["status"] == "complete"
+        and t.user_attrs["trained_on"]["node"] == device_node
+    )
+    assert Path(trial.user_attrs["weights"]).is_file() and Path(trial.user_attrs["artifact"]).is_file()
+    out = tmp_path / "bundle"
+    result = run_cli(
+        ["export", "--study", study.study_name, "--storage", url, "--trial", str(trial.number), "--out", str(out)],
+        tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (out / "model.onnx").is_file() and "ray:ort-cpu" in (out / "card.md").read_text()
+
+
+def _alive_nodes(cluster) -> int:
+    ask = (
+        f"import ray; ray.init(address={cluster!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", ask], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    return int(answer.stdout.strip().splitlines()[-1])
+
+
+def _busy_trial(node: psutil.Process) -> bool:
+    """Whether a Ray Tune trial actor under the node's process tree is computing (fine-tuning, building)."""
+    for proc in node.children(recursive=True):
+        try:
+            if "ImplicitFunc" in " ".join(proc.cmdline()) and proc.cpu_percent(interval=0.5) > 30:
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def _kill_tree(root: psutil.Process) -> None:
+    for proc in [*root.children(recursive=True), root]:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGKILL)
+
+
+def test_a_node_killed_mid_trial_loses_only_that_trial(cluster, postgres_url, tmp_path_factory):
+    """A third node with one CPU joins, the search runs three trials at once (one on each node's CPU); the third
+    node is killed while a trial computes on it. The search finishes, the trial it ran is FAIL with the reason."""
+    before = _alive_nodes(cluster)
+    spare = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--address", cluster, *SPARE_NODE],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    home = tmp_path_factory.mktemp("fault-home")
+    name = "smoke-node-killed"
+    search = None
+    try:
+        deadline = time.monotonic() + 120
+        while _alive_nodes(cluster) < before + 1:
+            assert spare.poll() is None and time.monotonic() < deadline, "the third node did not join"
+            time.sleep(2)
+        options = ("--storage", postgres_url, "--address", cluster, "--concurrency", "3", "--out", str(home / "out"))
+        search = subprocess.Popen(
+            [sys.executable, "-m", "search.cli", "search", "studies/smoke.yaml", "--study", name, *options],
+            cwd=REPO,
+            env=cli_env(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        node = psutil.Process(spare.pid)
+        deadline = time.monotonic() + 420
+        while not _busy_trial(node):
+            assert search.poll() is None and time.monotonic() < deadline, "no trial ran on the third node"
+        killed = time.monotonic()
+        _kill_tree(node)
+        output, _ = search.communicate(timeout=600)
+    finally:
+        if search is not None and search.poll() is None:
+            search.kill()
+        if spare.poll() is None:
+            _kill_tree(psutil.Process(spare.pid))
+    assert search.returncode == 0, output[-5000:]
+    study = load_study(name, postgres_url)
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states, "none left RUNNING"
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed, output[-5000:]
+    for t in failed:
+        assert t.user_attrs["status"] == "failed" and "died" in t.user_attrs["error"], t.user_attrs
+        assert t.datetime_complete.timestamp() >= time.time() - (time.monotonic() - killed) - 1
+    assert "[trial failed] the Ray worker running the trial died" in output
+    # the search went on: every trial asked for is settled, most of them finished
+    assert len(trials) == 7 and sum(s == TrialState.COMPLETE for s in states) >= 7 - len(failed)
 
 
 def test_a_cluster_without_the_device_is_one_sentence_and_exit_2(cluster, tmp_path):

@@ -1,4 +1,5 @@
-"""The searcher's bookkeeping with a real OptunaSearch and Optuna study: PRUNED, FAIL, constraints."""
+"""The searcher's bookkeeping with a real OptunaSearch and Optuna study: PRUNED, FAIL (with its reason, also
+through a real Ray Tune run), constraints."""
 
 import functools
 import json
@@ -7,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.searcher import define_by_run, searcher_class
+from search.searcher import define_by_run, failure_callback, searcher_class
 from search.trial_result import TrialResult
 from search.tuner import dominated_at
 from spaces.pruning import PruningUnit
@@ -49,6 +50,8 @@ def test_searcher_tells_pruned_fail_and_constraints():
     searcher.on_trial_complete("b", result=_result("infeasible", 0.3, 2.0))
     searcher.on_trial_complete("c", result=_result("complete", 0.2, 0.8))
     searcher.on_trial_complete("d", error=True)
+    assert searcher._ot_study.trials[3].state == TrialState.RUNNING  # held for its reason
+    searcher.fail("d", "ValueError: no such layer", "node-7")
     searcher.fail_unfinished()  # "e" was interrupted
     study = searcher._ot_study
     a, b, c, d, e = study.trials
@@ -56,7 +59,73 @@ def test_searcher_tells_pruned_fail_and_constraints():
     assert b.state == TrialState.COMPLETE and b.values == [0.3, 2.0] and b.constraints["latency_budget"] == 1.0
     assert c.state == TrialState.COMPLETE and c.constraints["latency_budget"] == pytest.approx(0.8 - 1.0)
     assert (d.state, e.state) == (TrialState.FAIL, TrialState.FAIL)
+    assert d.user_attrs == {"status": "failed", "error": "ValueError: no such layer", "trained_on": {"host": "node-7"}}
     assert [t.number for t in study.best_trials] == [c.number]  # the feasible Pareto set excludes b
+
+
+def _crashes(config):
+    raise ValueError(f"unit {sorted(config)[0]} has no such layer\nsecond line")
+
+
+def _loses_the_device(config):
+    from evaluators.vocabulary import DeviceUnavailable
+
+    raise DeviceUnavailable("no node of the Ray cluster holds 'device:ort-cpu'; start one.")
+
+
+def _tune(trainable, searcher, storage, samples: int):
+    """A real Ray Tune run of `trainable` with `searcher` and its failure callback; the callback."""
+    import ray
+    from ray import tune
+
+    failures = failure_callback(searcher)
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=samples, max_concurrent_trials=1),
+            run_config=tune.RunConfig(
+                storage_path=str(storage),
+                verbose=0,
+                callbacks=[failures],
+                stop=failures,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        ).fit()
+    finally:
+        ray.shutdown()
+        searcher.fail_unfinished()
+    return failures
+
+
+def _searcher():
+    return searcher_class()(
+        functools.partial(define_by_run, SPACE),
+        metric=["map50_95", "latency_ms"],
+        mode=["max", "min"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        budget_ms=1.0,
+    )
+
+
+def test_a_trial_that_raises_is_fail_with_its_reason_through_ray_tune(tmp_path):
+    searcher = _searcher()
+    failures = _tune(_crashes, searcher, tmp_path, samples=2)
+    trials = searcher._ot_study.trials
+    assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials)
+    for t in trials:
+        assert t.user_attrs["status"] == "failed" and t.user_attrs["trained_on"]["host"]
+        assert t.user_attrs["error"].startswith("ValueError: unit ") and t.user_attrs["error"].endswith("no such layer")
+    assert failures.device_lost is None  # an ordinary crash does not stop the search
+
+
+def test_a_lost_device_stops_the_search_after_the_trial_that_saw_it(tmp_path):
+    searcher = _searcher()
+    failures = _tune(_loses_the_device, searcher, tmp_path, samples=6)
+    trials = searcher._ot_study.trials
+    assert failures.device_lost == "no node of the Ray cluster holds 'device:ort-cpu'; start one."
+    assert 1 <= len(trials) < 6 and all(t.state == TrialState.FAIL for t in trials)
+    assert trials[0].user_attrs["error"].startswith("DeviceUnavailable: no node of the Ray cluster")
 
 
 def test_dominated_rule(tmp_path):
