@@ -32,6 +32,8 @@ from evaluators.reported import ReportedDevice, device_info
 from evaluators.vocabulary import DeviceUnavailable, UserError
 
 RESOURCE_PREFIX = "device:"
+# Seconds between checks that the device's node is still in the cluster while a measurement waits.
+_RECHECK_S = 5.0
 # What an information task asks of the resource: enough to land on the node, never enough to wait.
 _INFO_SHARE = 0.001
 
@@ -71,8 +73,8 @@ class RayDevice(ReportedDevice):
             import ray
 
             check_cluster_has(self.device)
-            task = ray.remote(_device_info).options(**_placement(self.resource, _INFO_SHARE))
-            self._info = ray.get(task.remote(self.device))
+            task = ray.remote(_device_info).options(**_placement(self.resource, _INFO_SHARE), max_retries=0)
+            self._info = self._get(task.remote(self.device))
         return self._info
 
     def _measure(self, artifact_path: Path, settings: TimingSettings, inputs: dict) -> LatencyMeasurement:
@@ -90,10 +92,23 @@ class RayDevice(ReportedDevice):
 
         check_cluster_has(self.device)
         task = ray.remote(function).options(**_placement(self.resource, 1), max_retries=0)
+        return self._get(task.remote(self.device, files, settings.to_dict()))  # large arguments: object store
+
+    def _get(self, pending):
+        """The result of the task `pending` on the device's node; DeviceUnavailable when that node leaves."""
+        import ray
+
         try:
-            return ray.get(task.remote(self.device, files, settings.to_dict()))  # large arguments: object store
+            # a task waiting for a node that has left would wait forever: look again every few seconds
+            while not ray.wait([pending], timeout=_RECHECK_S)[0]:
+                try:
+                    check_cluster_has(self.device)
+                except DeviceUnavailable:
+                    ray.cancel(pending, force=True)
+                    raise
+            return ray.get(pending)
         except ray.exceptions.RayTaskError:
-            raise  # the measurement itself failed there (a bad artifact): the trial's own error
+            raise  # the task itself failed there (a bad artifact): the trial's own error
         except ray.exceptions.RayError as exc:  # the node or its worker died meanwhile
             raise DeviceUnavailable(
                 f"the node holding {self.resource!r} stopped while measuring ({type(exc).__name__})."

@@ -223,8 +223,8 @@ def run_search(
         searcher.fail_unfinished()  # interrupted (Ctrl-C): never leave a trial RUNNING
     if failures.device_lost:
         raise UserError(
-            f"{failures.device_lost.rstrip('.')}: the search stopped; the study keeps its finished trials and "
-            "--resume continues it once the device is back."
+            f"the search stopped, its device is gone ({failures.device_lost.rstrip('.')}); the study keeps its "
+            "finished trials and --resume continues it once the device is back."
         )
     _time_front_together(name, storage_url)
     return SearchOutcome(

@@ -3,7 +3,9 @@ holding `device:ort-cpu`; the study in a real PostgreSQL server (tests/postgres_
 
 The smoke study runs with two trials at once: trials fine-tune on both nodes, every latency is
 measured on the device's node, one measurement at a time, and the study is whole in PostgreSQL.
-A third node killed while a trial fine-tunes on it loses only that trial: FAIL with the reason.
+A third node killed while a trial fine-tunes on it loses only that trial: FAIL with the reason. A trial trained
+on the device's node exports from the driver (one shared squeezefit home). The device's node killed during a
+search stops it with one sentence, keeping every finished trial.
 Bad addresses and a cluster without the device are one sentence and exit code 2.
 """
 
@@ -42,9 +44,9 @@ def _ray(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """The address of a head (one CPU) and of a node with one CPU that owns the device (`squeezefit worker`),
-    sharing a fresh token (Ray starts clusters with token authentication); stopped afterwards."""
+def cluster_nodes():
+    """(address, the device node's `squeezefit worker` process) of a head (one CPU) and of a node with one CPU that
+    owns the device, sharing a fresh token (Ray starts clusters with token authentication); stopped afterwards."""
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     saved = {k: os.environ.get(k) for k in token}
     os.environ.update(token)  # the CLI processes the tests start inherit it
@@ -71,7 +73,7 @@ def cluster():
         while f"device:{DEVICE}" not in _ray("status", "--address", address, env=env).stdout:
             assert worker.poll() is None and time.monotonic() < deadline, "squeezefit worker did not join"
             time.sleep(2)
-        yield address
+        yield address, worker
     finally:
         _ray("stop", "--force", env=env)
         if worker is not None:
@@ -83,6 +85,12 @@ def cluster():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_nodes):
+    """The address of the module's cluster (`cluster_nodes`)."""
+    return cluster_nodes[0]
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +134,12 @@ def test_trials_run_on_both_nodes_and_are_measured_on_the_device_node_one_at_a_t
     for t in finished:
         assert t.user_attrs["timing"]["measured_on"]["node"] == device_node, t.number
     assert len({t.user_attrs["trained_on"]["node"] for t in finished}) == 2, "trials ran on both nodes"
+    for t in finished:  # shown with -s: which trial ran where
+        where, timed = t.user_attrs["trained_on"]["node"], t.user_attrs["timing"]["measured_on"]
+        print(
+            f"trial {t.number}: {t.user_attrs['status']:<10} trained on {'device' if where == device_node else 'head'}"
+            f" node, measured on the device node {timed['started']} - {timed['ended']}"
+        )
     windows = sorted(
         {
             (t.user_attrs["timing"]["measured_on"]["started"], t.user_attrs["timing"]["measured_on"]["ended"])
@@ -240,6 +254,7 @@ def test_a_node_killed_mid_trial_loses_only_that_trial(cluster, postgres_url, tm
     assert failed, output[-5000:]
     for t in failed:
         assert t.user_attrs["status"] == "failed" and "died" in t.user_attrs["error"], t.user_attrs
+        print(f"trial {t.number}: FAIL after the node was killed: {t.user_attrs['error']}")  # shown with -s
         assert t.datetime_complete.timestamp() >= time.time() - (time.monotonic() - killed) - 1
     assert "[trial failed] the Ray worker running the trial died" in output
     # the search went on: every trial asked for is settled, most of them finished
@@ -264,3 +279,47 @@ def test_an_unreachable_address_is_one_sentence_and_exit_2(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "cannot reach the Ray cluster at 127.0.0.1:" in lines[0], result.stderr
     assert not list(tmp_path.rglob("*.db"))
+
+
+def _complete_trials(name: str, url: str) -> int:
+    if name not in {s.study_name for s in optuna.get_all_study_summaries(url)}:
+        return 0
+    return len(optuna.load_study(study_name=name, storage=url).get_trials(states=(TrialState.COMPLETE,)))
+
+
+def test_the_device_node_gone_stops_the_search_with_one_sentence(cluster_nodes, postgres_url, tmp_path_factory):
+    """Last in this module: it stops the device's node. While a search runs, the node holding the device goes:
+    the search stops measuring, says why in one sentence (exit code 2), and the study keeps its finished trials."""
+    address, worker = cluster_nodes
+    home = tmp_path_factory.mktemp("device-gone-home")
+    name = "smoke-device-gone"
+    options = ("--storage", postgres_url, "--address", address, "--out", str(home / "out"))
+    search = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "search", "studies/smoke.yaml", "--study", name, *options],
+        cwd=REPO,
+        env=cli_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 420
+        while (finished := _complete_trials(name, postgres_url)) < 1:
+            assert search.poll() is None and time.monotonic() < deadline, "no trial finished"
+            time.sleep(1)
+        _kill_tree(psutil.Process(worker.pid))
+        out, err = search.communicate(timeout=600)
+    finally:
+        if search.poll() is None:
+            search.kill()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert search.returncode == 2, out[-3000:] + err[-3000:]
+    assert lines[-1].startswith("squeezefit search: the search stopped, its device is gone (") and (
+        "'device:ort-cpu'" in lines[-1] and lines[-1].endswith("--resume continues it once the device is back.")
+    ), lines[-1]
+    study = optuna.load_study(study_name=name, storage=postgres_url)
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states and states.count(TrialState.COMPLETE) >= finished, "nothing lost"
+    ran = [s for s in states if s != TrialState.WAITING]  # WAITING: reference policies enqueued for a resume
+    assert len(ran) < 7, "no new trial started once the device was gone"
+    assert any("DeviceUnavailable" in t.user_attrs.get("error", "") for t in study.trials)
