@@ -99,7 +99,7 @@ def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
     settings = {
         k: v
         for k, v in config.to_dict().items()
-        if k not in ("name", "trials", "time_limit_min", "concurrency", "sampler")
+        if k not in ("name", "trials", "time_limit_min", "concurrency", "sampler", "retries")
     }
     digest = hashlib.sha256(json.dumps({**settings, "storage": config.storage_url}, sort_keys=True).encode())
     digest.update(Path(checkpoint).read_bytes())

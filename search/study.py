@@ -36,6 +36,8 @@ class StudyConfig:
     many channels (None: any count). Both apply to the trials and to `squeezefit sensitivity`.
     address: the Ray cluster (HOST:PORT, or "auto" for RAY_ADDRESS) the search runs on, its
     device measured on the node holding `device:<device>` (`search.cluster`); None: a local Ray.
+    retries: how many times Ray restarts a trial whose process or node died (from the start:
+    trials keep no checkpoint); 0: such a trial is FAIL with the reason.
     """
 
     name: str = "default"
@@ -57,6 +59,7 @@ class StudyConfig:
     sensitivity_max_drop: float | None = None
     concurrency: int = 1
     address: str | None = None
+    retries: int = 0
     storage: str | None = None
     seed: int = 0
     pruning_importance: str = "magnitude"
@@ -77,8 +80,8 @@ class StudyConfig:
             problems.append(f"unknown sampler {self.sampler!r} (choose from {', '.join(SAMPLERS)})")
         if self.latency_min_seconds <= 0:
             problems.append(f"latency_min_seconds must be positive, got {self.latency_min_seconds}")
-        if self.trials < 1 or self.concurrency < 1 or self.finetune_epochs < 0:
-            problems.append("trials and concurrency must be at least 1 and finetune_epochs at least 0")
+        if self.trials < 1 or self.concurrency < 1 or self.finetune_epochs < 0 or self.retries < 0:
+            problems.append("trials and concurrency must be at least 1, finetune_epochs and retries at least 0")
         if not 32 <= self.imgsz <= 2048 or self.imgsz % 32:
             problems.append(f"imgsz must be a multiple of 32 between 32 and 2048, got {self.imgsz}")
         if self.pruning_round_to is not None and self.pruning_round_to < 1:

@@ -213,7 +213,7 @@ def run_search(
                 verbose=0,
                 callbacks=[failures, progress_callback(remaining, ctx.budget_ms, start)],
                 stop=failures,
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=config.retries),
             ),
         )
         tuner.fit()

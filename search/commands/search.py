@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--concurrency", type=int, help="trials run at once (default 1)")
     parser.add_argument(
+        "--retries", type=int, help="restart a trial whose process or node died up to N times (default 0: FAIL)"
+    )
+    parser.add_argument(
         "--address", help="run on this Ray cluster (HOST:PORT, or auto for RAY_ADDRESS); default: a local Ray"
     )
     parser.add_argument("--resume", action="store_true", help="continue a stopped study of the same name")

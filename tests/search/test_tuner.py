@@ -3,6 +3,7 @@ through a real Ray Tune run), constraints."""
 
 import functools
 import json
+import os
 
 import optuna
 import pytest
@@ -73,7 +74,7 @@ def _loses_the_device(config):
     raise DeviceUnavailable("no node of the Ray cluster holds 'device:ort-cpu'; start one.")
 
 
-def _tune(trainable, searcher, storage, samples: int):
+def _tune(trainable, searcher, storage, samples: int, retries: int = 0):
     """A real Ray Tune run of `trainable` with `searcher` and its failure callback; the callback."""
     import ray
     from ray import tune
@@ -89,7 +90,7 @@ def _tune(trainable, searcher, storage, samples: int):
                 verbose=0,
                 callbacks=[failures],
                 stop=failures,
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=retries),
             ),
         ).fit()
     finally:
@@ -117,6 +118,25 @@ def test_a_trial_that_raises_is_fail_with_its_reason_through_ray_tune(tmp_path):
         assert t.user_attrs["status"] == "failed" and t.user_attrs["trained_on"]["host"]
         assert t.user_attrs["error"].startswith("ValueError: unit ") and t.user_attrs["error"].endswith("no such layer")
     assert failures.device_lost is None  # an ordinary crash does not stop the search
+
+
+def _dies_once(config, marker):
+    from ray import tune
+
+    if not marker.exists():
+        marker.touch()
+        os._exit(1)  # the trial's process dies, as on a node that went away
+    tune.report(_result("complete", 0.3, 0.8))
+
+
+def test_a_retried_trial_that_then_finishes_is_complete(tmp_path):
+    from ray import tune
+
+    searcher = _searcher()
+    failures = _tune(tune.with_parameters(_dies_once, marker=tmp_path / "died"), searcher, tmp_path, 1, retries=1)
+    (trial,) = searcher._ot_study.trials
+    assert (tmp_path / "died").exists() and failures.device_lost is None
+    assert trial.state == TrialState.COMPLETE and trial.values == [0.3, 0.8] and "error" not in trial.user_attrs
 
 
 def test_a_lost_device_stops_the_search_after_the_trial_that_saw_it(tmp_path):
