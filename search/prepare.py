@@ -34,6 +34,7 @@ from spaces.onnx_export import export_onnx, precision_units
 from spaces.policy import Policy
 from spaces.precision import uniform_precisions
 from spaces.pruning import pruning_units, uniform_ratios
+from spaces.segments import graph_segments
 from spaces.space import SearchSpace
 
 
@@ -63,6 +64,8 @@ class Prepared:
             "pruning_units": [u.name for u in ctx.space.pruning_units],
             "precision_units": list(ctx.space.precision_units),
             "offered": list(ctx.space.offered),
+            "segments": [[s.name, s.first, s.last] for s in ctx.space.segments],
+            "dimensions": ctx.space.dimensions(),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
 
@@ -99,7 +102,7 @@ def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
     settings = {
         k: v
         for k, v in config.to_dict().items()
-        if k not in ("name", "trials", "time_limit_min", "concurrency", "sampler", "retries")
+        if k not in ("name", "trials", "time_limit_min", "concurrency", "sampler", "retries", "space")
     }
     digest = hashlib.sha256(json.dumps({**settings, "storage": config.storage_url}, sort_keys=True).encode())
     digest.update(Path(checkpoint).read_bytes())
@@ -129,6 +132,7 @@ def prepare(
         offered=tuple(p for p in PRECISIONS if p in device.precisions),
         max_epochs=config.finetune_epochs,
         ratio_ranges=sensitivity_ranges(config, checkpoint, model),
+        segments=graph_segments(model, config.imgsz) if config.space == "segments" else (),
     )
     timing = TimingSettings(min_seconds=config.latency_min_seconds)
     if record is not None:

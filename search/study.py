@@ -21,6 +21,9 @@ from search.samplers import SAMPLERS
 OBJECTIVES = {"map50_95": "maximize", "latency_ms": "minimize", "size_mb": "minimize"}
 
 
+SPACES = ("per-unit", "segments")
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """A study's settings. Latency in ms, fractions in (0, 1], times in minutes.
@@ -31,11 +34,13 @@ class StudyConfig:
     sensitivity_max_drop: narrow each unit's pruning range to the ratios whose untuned mAP
     drop stayed within this (from `squeezefit sensitivity`, stored next to the model).
     pruning_importance: how a pruned unit's channels are ranked, the name of a criterion in
-    `spaces.importance.CRITERIA` (magnitude, lamp, taylor; checked by `search.prepare`, which
+    `spaces.importance.CRITERIA` (magnitude, lamp, taylor, hessian; checked by `search.prepare`, which
     imports the spaces); pruning_round_to: every channel group keeps a multiple of this
     many channels (None: any count). Both apply to the trials and to `squeezefit sensitivity`.
     address: the Ray cluster (HOST:PORT, or "auto" for RAY_ADDRESS) the search runs on, its
     device measured on the node holding `device:<device>` (`search.cluster`); None: a local Ray.
+    space: "per-unit" (a ratio and a precision per unit) or "segments" (one of each per
+    contiguous segment of the graph, `spaces.segments`: far fewer dimensions, no precision islands).
     retries: how many times Ray restarts a trial whose process or node died (from the start:
     trials keep no checkpoint); 0: such a trial is FAIL with the reason.
     """
@@ -64,6 +69,7 @@ class StudyConfig:
     seed: int = 0
     pruning_importance: str = "magnitude"
     pruning_round_to: int | None = 8
+    space: str = "per-unit"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -84,6 +90,8 @@ class StudyConfig:
             problems.append("trials and concurrency must be at least 1, finetune_epochs and retries at least 0")
         if not 32 <= self.imgsz <= 2048 or self.imgsz % 32:
             problems.append(f"imgsz must be a multiple of 32 between 32 and 2048, got {self.imgsz}")
+        if self.space not in SPACES:
+            problems.append(f"unknown space {self.space!r} (choose from {', '.join(SPACES)})")
         if self.pruning_round_to is not None and self.pruning_round_to < 1:
             problems.append(f"pruning_round_to must be a positive channel count or null, got {self.pruning_round_to}")
         if problems:

@@ -164,9 +164,11 @@ def run_search(
     if remaining <= 0:
         print(f"study {name!r} already has {done} finished trials (asked for {config.trials}).")
         return SearchOutcome(name, storage_url, ctx.budget_ms, prepared.baseline_latency_ms, 0, 0.0)
+    dims = ctx.space.dimensions()
     print(
         f"study {name!r}: {remaining} trial(s) to run ({done} done) on {ctx.device}, budget {ctx.budget_ms:.2f} ms "
-        f"(baseline FP32 {prepared.baseline_latency_ms:.2f} ms)",
+        f"(baseline FP32 {prepared.baseline_latency_ms:.2f} ms); {config.space} space of {dims['total']} dimensions "
+        f"({dims['prune']} ratios, {dims['precision']} precisions, {dims['distill']} fine-tune)",
         flush=True,
     )
 

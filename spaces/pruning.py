@@ -49,7 +49,7 @@ from spaces.channel_groups import (
     unit_kind,
     unit_name,
 )
-from spaces.importance import Criterion, get_criterion, loss_gradients
+from spaces.importance import Criterion, get_criterion
 from spaces.params import FloatRange, Param
 
 MAX_RATIO = 0.9
@@ -133,9 +133,9 @@ def apply_pruning(
     imgsz: square input side (px) at which MACs are counted and the default gradient batch is made.
     importance: how channels are ranked inside a group, a `spaces.importance.Criterion` or
         its name: "magnitude" (L2 norm of the weights), "lamp" (layer-adaptive magnitude),
-        "taylor" (|weight x gradient| of the Ultralytics detection loss). A criterion that
-        needs gradients gets them from `example_batch` (see `spaces.importance.loss_gradients`;
-        None: random images and boxes).
+        "taylor" (|weight x gradient| of the Ultralytics detection loss), "hessian" (weight^2 x
+        the loss's diagonal Hessian, empirical Fisher). A criterion that needs gradients gets them
+        from `example_batch` (see `spaces.importance`; None: random images and boxes).
     round_to: kept channels are a multiple of this (None: any count).
 
     The returned model is in the input's train/eval mode, has `model.args` set to a full
@@ -169,8 +169,7 @@ def apply_pruning(
     producers = {group.layer: group.members[0] for group in groups}
 
     if ratio_dict:
-        if criterion.needs_gradients:
-            loss_gradients(pruned, example_batch, imgsz)
+        criterion.fill_gradients(pruned, example_batch, imgsz)
         pruner = tp.pruner.BasePruner(
             pruned,
             trace_inputs(pruned),

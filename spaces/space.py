@@ -18,6 +18,11 @@ declarations, so they cannot disagree:
 `reference_policies()` are the named points every study evaluates first (what users do by
 hand): the model at FP32 and at each offered precision everywhere, and uniform pruning at
 REFERENCE_RATIOS with the fastest offered precision.
+
+A structured space (`segments` given, see `spaces.segments`) asks one ratio
+(`prune.<segment>`) and one precision (`precision.<segment>`) per segment instead of per
+unit; every unit of a segment takes its values, so a policy is uniform inside each segment.
+The policy is still per unit, and the uniform references are in both spaces.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from spaces.params import Params
 from spaces.policy import Policy
 from spaces.precision import precision_params, uniform_precisions
 from spaces.pruning import RATIO_RANGE, REFERENCE_RATIOS, PruningUnit, ratio_params, uniform_ratios
+from spaces.segments import Segment, members, segment_precision_params, segment_ratio_params
 
 # Fastest first (PRECISIONS' order: int8, bf16, fp16, fp32): a reference point uses the first
 # precision the device offers. A device offers bf16 only where it is native, and there it
@@ -51,6 +57,8 @@ class SearchSpace:
     ratio_range: (low, high, step) of every unit's pruning ratio; `ratio_ranges` narrows named units.
     max_epochs: the largest fine-tune a trial may ask for (>= 0; 0 = no fine-tune).
     teachers: distillation teachers to choose among (None = the study's baseline).
+    segments: search one ratio and one precision per segment (`spaces.segments.graph_segments`);
+        empty: per unit.
 
     Raises UserError on construction when fp32 is not offered, or when a declaration
     rejects its range (a ratio range outside [0, MAX_RATIO), an unknown unit, an unknown precision).
@@ -63,6 +71,7 @@ class SearchSpace:
     ratio_ranges: Mapping[str, tuple] = field(default_factory=dict)
     max_epochs: int = 3
     teachers: tuple[str | None, ...] = (None,)
+    segments: tuple[Segment, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.offered:
@@ -73,22 +82,34 @@ class SearchSpace:
 
     def parameters(self) -> Params:
         """Every search parameter, as its knob declares it, in the order a trial asks for them."""
-        return Params(
-            (
+        if self.segments:
+            units = [u.name for u in self.pruning_units]
+            knobs = (
+                *segment_ratio_params(self.segments, units, self.ratio_range, self.ratio_ranges),
+                *segment_precision_params(self.segments, self.precision_units, self.offered),
+            )
+        else:
+            knobs = (
                 *ratio_params(self.pruning_units, self.ratio_range, self.ratio_ranges),
                 *precision_params(self.precision_units, self.offered),
-                *distillation_params(self.max_epochs, self.teachers),
             )
-        )
+        return Params((*knobs, *distillation_params(self.max_epochs, self.teachers)))
+
+    def dimensions(self) -> dict[str, int]:
+        """How many parameters the space searches, per knob ("prune", "precision", "distill") and in all ("total")."""
+        counts = {"prune": 0, "precision": 0, "distill": 0}
+        for param in self.parameters():
+            counts[param.name.split(".", 1)[0]] += 1
+        return {**counts, "total": sum(counts.values())}
 
     def sample(self, trial) -> Policy:
         """Define-by-run: the policy this Optuna trial (or `FixedTrial`) asks for."""
-        return _policy(self.parameters().sample(trial))
+        return _policy(self._per_unit(self.parameters().sample(trial)))
 
     def to_params(self, policy: Policy) -> dict[str, Any]:
         """The Optuna parameters under which `sample` returns `policy` (for `enqueue_trial`), in asking order."""
         params = self.parameters()
-        return params.asked(_values(params, policy))
+        return params.asked(_values(params, policy, self._held()))
 
     def replay(self, policy: Policy) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
         """(params, distributions) of a trial that sampled `policy`, for `optuna.trial.create_trial`.
@@ -98,13 +119,32 @@ class SearchSpace:
         narrowed). Raises RuntimeError if the space cannot sample `policy` (its recipe aside).
         """
         params = self.parameters()
-        values = _values(params, policy)
-        if replace(_policy(params.settle(values)), recipe=policy.recipe).policy_id != policy.policy_id:
+        values = _values(params, policy, self._held())
+        if replace(_policy(self._per_unit(params.settle(values))), recipe=policy.recipe).policy_id != policy.policy_id:
             raise RuntimeError(f"the space does not sample policy {policy.policy_id} back from its parameters")
         try:
             return params.asked(values), params.distributions(values)
         except ValueError as exc:
             raise RuntimeError(f"policy {policy.policy_id} lies outside the space: {exc}") from None
+
+    def _held(self) -> dict[str, tuple[str, ...]]:
+        """Parameter name -> the policy keys it sets (`<knob>.<unit>`): its own name, except in a structured space."""
+        if not self.segments:
+            return {}
+        held = {}
+        for knob, units in (("prune", [u.name for u in self.pruning_units]), ("precision", self.precision_units)):
+            for name, unit_names in members(self.segments, units).items():
+                held[f"{knob}.{name}"] = tuple(f"{knob}.{unit}" for unit in unit_names)
+        return held
+
+    def _per_unit(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """`values` of the space's parameters as per-unit values (a segment's value for each of its units)."""
+        held = self._held()
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            for key in held.get(name, (name,)):
+                out[key] = value
+        return out
 
     def fastest_precision(self) -> str:
         return next(p for p in _SPEED_ORDER if p in self.offered)
@@ -137,12 +177,16 @@ class SearchSpace:
 # unit `key`, or the DistillationSettings field `key`.
 
 
-def _values(params: Params, policy: Policy) -> dict[str, Any]:
-    """Every declared parameter's value in `policy` (its default where the policy names none)."""
+def _values(params: Params, policy: Policy, held: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
+    """Every declared parameter's value in `policy` (its default where the policy names none).
+
+    held: parameter name -> the policy keys it sets, where that is not its own name (a segment's
+    parameter reads its first unit; `replay` checks that the others agree).
+    """
     parts = {"prune": policy.pruning, "precision": policy.precision, "distill": policy.distillation.to_dict()}
     values = {}
     for param in params:
-        knob, key = param.name.split(".", 1)
+        knob, key = held.get(param.name, (param.name,))[0].split(".", 1)
         values[param.name] = parts[knob].get(key, param.default)
     return values
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from search.commands import add_config_argument, add_storage_argument, config_overrides
 from search.samplers import SAMPLERS
+from search.study import SPACES
 
 HELP = "Search compression policies for a model against a device's latency budget."
 
@@ -23,10 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=tuple(SAMPLERS))
     parser.add_argument("--time-limit-min", type=float, help="stop starting trials after this many minutes")
     parser.add_argument(
-        "--pruning-importance", help="how pruned channels are ranked: magnitude (the default), lamp or taylor"
+        "--pruning-importance", help="how pruned channels are ranked: magnitude (the default), lamp, taylor or hessian"
     )
     parser.add_argument(
         "--pruning-round-to", type=int, help="every pruned channel group keeps a multiple of this many (default 8)"
+    )
+    parser.add_argument(
+        "--space", choices=SPACES, help="a ratio and a precision per unit (per-unit, the default) or per segment"
     )
     parser.add_argument("--concurrency", type=int, help="trials run at once (default 1)")
     parser.add_argument(

@@ -28,7 +28,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-from search.study import load_study
+from search.study import load_study, study_record
 from tests.conftest import REPO, cli_env, run_cli
 from tests.postgres_server import free_port
 
@@ -225,6 +225,7 @@ def test_a_node_killed_mid_trial_loses_only_that_trial(cluster, postgres_url, tm
             assert spare.poll() is None and time.monotonic() < deadline, "the third node did not join"
             time.sleep(2)
         options = ("--storage", postgres_url, "--address", cluster, "--concurrency", "3", "--out", str(home / "out"))
+        options += ("--space", "segments")  # the structured space, end to end (it does not change the faults)
         search = subprocess.Popen(
             [sys.executable, "-m", "search.cli", "search", "studies/smoke.yaml", "--study", name, *options],
             cwd=REPO,
@@ -257,6 +258,13 @@ def test_a_node_killed_mid_trial_loses_only_that_trial(cluster, postgres_url, tm
         print(f"trial {t.number}: FAIL after the node was killed: {t.user_attrs['error']}")  # shown with -s
         assert t.datetime_complete.timestamp() >= time.time() - (time.monotonic() - killed) - 1
     assert "[trial failed] the Ray worker running the trial died" in output
+    dims = study_record(study)["dimensions"]
+    assert f"segments space of {dims['total']} dimensions" in output and 0 < dims["precision"] < 24
+    assert all(
+        k.split(".", 1)[1] in {s[0] for s in study_record(study)["segments"]}
+        for k in trials[-1].params
+        if k.startswith("precision.")
+    )
     # the search went on: every trial asked for is settled, most of them finished
     assert len(trials) == 7 and sum(s == TrialState.COMPLETE for s in states) >= 7 - len(failed)
 

@@ -102,7 +102,7 @@ def test_unknown_pruning_importance_fails_before_any_work(tmp_path, capsys, monk
     study.write_text(f"pruning_importance: random\nstorage: sqlite:///{tmp_path}/s.db\n")
     assert main([command, str(study)]) == 2
     assert capsys.readouterr().err == (
-        f"squeezefit {command}: Unknown pruning importance 'random'; choose one of magnitude, lamp, taylor.\n"
+        f"squeezefit {command}: Unknown pruning importance 'random'; choose one of magnitude, lamp, taylor, hessian.\n"
     )
     assert not (tmp_path / "home" / "studies" / "runs").exists()
 

@@ -18,7 +18,8 @@ from ultralytics.nn.modules.block import C2PSA, C2f
 from ultralytics.nn.tasks import DetectionModel
 
 from evaluators.vocabulary import UserError
-from spaces.importance import CRITERIA, Criterion, get_criterion
+from spaces.channel_groups import prepare_model
+from spaces.importance import CRITERIA, Criterion, fisher_gradients, get_criterion, loss_gradients
 from spaces.params import Params
 from spaces.pruning import (
     MAX_RATIO,
@@ -121,7 +122,7 @@ def test_uniform_ratio_shrinks_macs_and_params(base, units, image):
 
 
 @pytest.mark.parametrize("granularity", ["block", "layer"])
-@pytest.mark.parametrize("importance", ["magnitude", "taylor", "lamp"])
+@pytest.mark.parametrize("importance", ["magnitude", "taylor", "lamp", "hessian"])
 def test_random_policies_apply(base, image, granularity, importance):
     rng = random.Random(f"{granularity}-{importance}")
     units = pruning_units(base, granularity=granularity)
@@ -136,19 +137,53 @@ def test_random_policies_apply(base, image, granularity, importance):
     assert predict(result.model, image).shape == predict(base, image).shape
 
 
-def test_taylor_uses_the_example_batch(base, units):
-    batch = {
+def _two_images() -> dict:
+    return {
         "img": torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(3)),
-        "batch_idx": torch.tensor([0.0, 1.0]),
-        "cls": torch.tensor([[1.0], [4.0]]),
-        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.6, 0.2, 0.2]]),
+        "batch_idx": torch.tensor([0.0, 1.0, 1.0]),
+        "cls": torch.tensor([[1.0], [4.0], [2.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.6, 0.2, 0.2], [0.7, 0.3, 0.2, 0.3]]),
     }
+
+
+def test_taylor_uses_the_example_batch(base, units):
+    batch = _two_images()
     ratios = uniform_ratios(units, 0.5)
     taylor = apply_pruning(base, ratios, imgsz=IMGSZ, importance="taylor", example_batch=batch)
     magnitude = apply_pruning(base, ratios, imgsz=IMGSZ, importance="magnitude")
     assert taylor.params == magnitude.params  # same widths...
     kept_taylor, kept_magnitude = taylor.model.state_dict(), magnitude.model.state_dict()
     assert any(not torch.equal(kept_taylor[k], kept_magnitude[k]) for k in kept_taylor)  # ...other channels
+
+
+def test_fisher_gradients_average_each_images_squared_gradient(base):
+    model = prepare_model(base).eval().requires_grad_(True)
+    batch = _two_images()
+    weight = model.model[-1].cv3[0][-1].weight  # the class logits' conv: gradients far from zero
+    per_image = []
+    for index, boxes in ((0, [0]), (1, [1, 2])):
+        one = {
+            "img": batch["img"][index : index + 1],
+            "batch_idx": torch.zeros(len(boxes)),
+            "cls": batch["cls"][boxes],
+            "bboxes": batch["bboxes"][boxes],
+        }
+        loss_gradients(model, one, IMGSZ)
+        per_image.append(weight.grad.clone())
+    fisher_gradients(model, batch, IMGSZ)
+    fisher = (per_image[0] ** 2 + per_image[1] ** 2) / 2
+    assert fisher.abs().max() > 1e-8 and torch.allclose(weight.grad, fisher, rtol=1e-4, atol=fisher.abs().max() * 1e-6)
+    loss_gradients(model, batch, IMGSZ)  # the batch's gradient squared is not the same thing
+    assert not torch.allclose(weight.grad**2, fisher, rtol=1e-2, atol=0)
+
+
+def test_hessian_ranks_channels_by_curvature_not_slope(base, units):
+    batch, ratios = _two_images(), uniform_ratios(units, 0.5)
+    hessian = apply_pruning(base, ratios, imgsz=IMGSZ, importance="hessian", example_batch=batch)
+    taylor = apply_pruning(base, ratios, imgsz=IMGSZ, importance="taylor", example_batch=batch)
+    assert hessian.params == taylor.params  # same widths, other channels:
+    kept_hessian, kept_taylor = hessian.model.state_dict(), taylor.model.state_dict()
+    assert any(not torch.equal(kept_hessian[k], kept_taylor[k]) for k in kept_hessian)
 
 
 def test_head_outputs_keep_their_width(base, pruned, image):
@@ -258,8 +293,9 @@ def test_ratio_params_in_an_optuna_study(base, units):
 
 
 def test_importance_registry():
-    assert set(CRITERIA) == {"magnitude", "lamp", "taylor"}
-    assert {name for name, c in CRITERIA.items() if c.needs_gradients} == {"taylor"}
+    assert set(CRITERIA) == {"magnitude", "lamp", "taylor", "hessian"}
+    assert {name for name, c in CRITERIA.items() if c.needs_gradients} == {"taylor", "hessian"}
+    assert {name for name, c in CRITERIA.items() if c.per_image} == {"hessian"}
     assert all(isinstance(c.make(), tp.importance.Importance) for c in CRITERIA.values())
     assert get_criterion("lamp") is CRITERIA["lamp"] and get_criterion(CRITERIA["taylor"]) is CRITERIA["taylor"]
     with pytest.raises(UserError, match="magnitude"):

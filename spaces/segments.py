@@ -1,0 +1,167 @@
+"""Segments: contiguous stretches of a YOLO graph that a structured space searches as one.
+
+A per-unit space asks a ratio and a precision for every block (18 ratios, 24 precisions
+for YOLO11n): most sampled policies then mix precisions block by block, and every
+precision boundary adds Q/DQ or casts that cost more than the mixed precision saves.
+A structured space asks one ratio and one precision per *segment*, a run of consecutive
+blocks `model.<i>` (the graph's topological order) at one resolution:
+
+- the backbone, up to the first `nn.Upsample`, split where the output stride changes;
+  the blocks at stride 4 or less form one segment, "stem";
+- the neck, from that `Upsample` up to the head, split the same way (its top-down path
+  and its bottom-up path each visit the strides in turn: "neck-1-p4", "neck-2-p3", ...);
+- the head (`Detect`), "head".
+
+Segments are named by part and pyramid level (stride 2^k is "p<k>"). A segment's ratio
+applies to every pruning unit in it, its precision to every precision unit in it, so a
+policy is uniform inside each segment and has at most one precision boundary between
+two segments. `segment_of` maps any unit name (`model.<i>` or a conv path inside it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from spaces.params import Categorical, FloatRange, Param
+
+STEM_MAX_STRIDE = 4
+"""Blocks whose output stride is at most this form the stem segment."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of consecutive blocks searched as one: `name`, and its block indices `first`..`last` (inclusive)."""
+
+    name: str
+    first: int
+    last: int
+
+    def holds(self, unit: str) -> bool:
+        """Whether the unit `unit` (`model.<i>` or a module path below it) lies in this segment."""
+        return self.first <= block_index(unit) <= self.last
+
+
+def block_index(unit: str) -> int:
+    """The block index i of a unit name `model.<i>[...]`; ValueError for another name."""
+    parts = unit.split(".")
+    if len(parts) < 2 or parts[0] != "model" or not parts[1].isdigit():
+        raise ValueError(f"{unit!r} is not a unit of a YOLO model (model.<i>...)")
+    return int(parts[1])
+
+
+def graph_segments(model: nn.Module, imgsz: int) -> tuple[Segment, ...]:
+    """The segments of an Ultralytics DetectionModel, from its blocks' output strides at `imgsz` px."""
+    blocks = list(model.model)
+    strides = block_strides(model, imgsz)
+    head = len(blocks) - 1
+    neck_start = next((i for i, b in enumerate(blocks) if isinstance(b, nn.Upsample)), head)
+    segments: list[Segment] = []
+    for part, first, last in (("backbone", 0, neck_start - 1), ("neck", neck_start, head - 1)):
+        run = first
+        for i in range(first, last + 1):
+            if i == last or _level(strides[i + 1]) != _level(strides[i]):
+                segments.append(Segment(_name(part, strides[i], len(segments)), run, i))
+                run = i + 1
+    segments.append(Segment("head", head, head))
+    return _merge_stem(segments, strides)
+
+
+def block_strides(model: nn.Module, imgsz: int) -> list[int]:
+    """Output stride of every block of `model` (input side / output side) in one eval forward at `imgsz` px."""
+    strides: dict[int, int] = {}
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out, i=i: strides.__setitem__(i, _stride(out, imgsz)))
+        for i, block in enumerate(model.model)
+    ]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, imgsz, imgsz, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return [strides.get(i, 0) for i in range(len(model.model))]
+
+
+def segment_of(segments: Sequence[Segment], unit: str) -> Segment:
+    """The segment holding `unit`; ValueError when none does."""
+    for segment in segments:
+        if segment.holds(unit):
+            return segment
+    raise ValueError(f"no segment holds unit {unit!r}")
+
+
+def members(segments: Sequence[Segment], units: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Segment name -> the `units` it holds (in the given order); segments holding none are left out."""
+    held: dict[str, list[str]] = {}
+    for unit in units:
+        held.setdefault(segment_of(segments, unit).name, []).append(unit)
+    return {s.name: tuple(held[s.name]) for s in segments if s.name in held}
+
+
+def segment_ratio_params(
+    segments: Sequence[Segment],
+    units: Sequence[str],
+    ratio_range: tuple[float, float, float | None],
+    ranges: Mapping[str, tuple] | None = None,
+) -> tuple[Param, ...]:
+    """One float `prune.<segment>` per segment holding a pruning unit: the ratio of each of its units.
+
+    Its range is the narrowest of its units' (`ranges`, from sensitivity, overrides a unit's
+    `ratio_range`): a segment is pruned only as far as its most sensitive unit allows.
+    """
+    ranges = dict(ranges or {})
+    low, high, step = ratio_range
+    params = []
+    for name, held in members(segments, units).items():
+        bounds = [ranges.get(unit, (low, high, step)) for unit in held]
+        lo, hi = max(b[0] for b in bounds), min(b[1] for b in bounds)
+        hi = max(lo, hi)
+        search = FloatRange(lo, hi, step=step if hi > lo else None)
+        params.append(Param(f"prune.{name}", float, 0.0, search, description=f"ratio pruned of every unit of {name}"))
+    return tuple(params)
+
+
+def segment_precision_params(
+    segments: Sequence[Segment], units: Sequence[str], offered: Sequence[str]
+) -> tuple[Param, ...]:
+    """One categorical `precision.<segment>` over `offered` per segment holding a precision unit."""
+    search = Categorical(tuple(dict.fromkeys(offered)))
+    return tuple(
+        Param(f"precision.{name}", str, "fp32", search, description=f"precision of every unit of {name}")
+        for name in members(segments, units)
+    )
+
+
+def _stride(out, imgsz: int) -> int:
+    tensor = out[0] if isinstance(out, (list, tuple)) else out
+    return round(imgsz / tensor.shape[-1]) if isinstance(tensor, torch.Tensor) and tensor.dim() == 4 else 0
+
+
+def _level(stride: int) -> int:
+    return round(math.log2(stride)) if stride > 0 else 0
+
+
+def _name(part: str, stride: int, index: int) -> str:
+    level = f"p{_level(stride)}"
+    return f"backbone-{level}" if part == "backbone" else f"neck-{index}-{level}"
+
+
+def _merge_stem(segments: list[Segment], strides: list[int]) -> tuple[Segment, ...]:
+    """The backbone segments at stride <= STEM_MAX_STRIDE as one "stem"; neck segments numbered from 1."""
+    stem = [s for s in segments if s.name.startswith("backbone-") and strides[s.last] <= STEM_MAX_STRIDE]
+    rest = [s for s in segments if s not in stem]
+    merged = [Segment("stem", stem[0].first, stem[-1].last)] if stem else []
+    neck = 0
+    for segment in rest:
+        if segment.name.startswith("neck-"):
+            neck += 1
+            segment = Segment(f"neck-{neck}-{segment.name.rsplit('-', 1)[1]}", segment.first, segment.last)
+        merged.append(segment)
+    return tuple(merged)
