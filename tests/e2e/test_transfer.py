@@ -39,8 +39,9 @@ DEVICES = ("openvino-cpu", "ort-cpu:2")
 MARGINS = {"openvino-cpu": "1", "ort-cpu:2": None}  # 1: every feasible trial is validated; None: the default
 # The target's budget as a fraction of its own FP32 baseline: wide enough that several carried trials fit on
 # any CPU. The smoke study's budget (0.7) is tight for a 96 px model: at two threads on a two-vCPU host its
-# pruned INT8 trials ran 0.64-0.90x, so at 0.7 a CI run found none within the budget.
-BUDGET_FRACTIONS = {"openvino-cpu": "0.8", "ort-cpu:2": "0.9"}
+# pruned INT8 trials ran 0.64-0.90x, so at 0.7 a CI run found none within the budget. On OpenVINO on an AMX
+# Xeon the 96 px INT8 trials ran 0.80x (uniform pruning 0.75) to 1.08x (all-INT8): 0.8 left none.
+BUDGET_FRACTIONS = {"openvino-cpu": "1.0", "ort-cpu:2": "0.9"}
 
 
 # --- slow: a real smoke study carried to two devices -------------------------------------
