@@ -79,18 +79,22 @@ def connect(address: str, device: str) -> str:
 
 
 @contextlib.contextmanager
-def joined(device: str, address: str | None, recorded: str | None = None) -> Iterator[str]:
-    """Connected, for the block, to the cluster a `ray:` study's device lives on; yields the device to measure by.
+def joined(device: str, address: str | None, recorded: str | None = None, *, stored: bool = True) -> Iterator[str]:
+    """Connected, for the block, to the cluster a `ray:` device lives on; yields the device to measure by.
 
-    A command that times a stored study's device (export, front --retime, transfer) joins its cluster:
+    A command that times a stored study's device (export, front --retime) joins its cluster:
     `address` (the command's --address), else `recorded` (the address the study was searched with).
-    A device not on Ray needs no cluster: `device` is yielded unchanged, unless `address` is given, which
-    measures it on the cluster as ray:<device> (as `search --address` does). UserError when a `ray:` device
-    has no address to join.
+    A device not on Ray needs no cluster: `device` is yielded unchanged. A new device (`stored` False:
+    transfer's target) given with an `address` is measured on the cluster as ray:<device>, as
+    `search --address` does. UserError when a `ray:` device has no address to join, or when a stored
+    study's local device is given an address.
     """
-    if not device.startswith("ray:") and not address:
-        yield device
-        return
+    if not device.startswith("ray:"):
+        if address and stored:
+            raise UserError(f"the study measures on {device}, not on a Ray cluster: --address is for one that does.")
+        if not address:
+            yield device
+            return
     address = address or recorded
     if not address:
         raise UserError(f"the study measures on {device}, on a Ray cluster: pass --address HOST:PORT (or auto).")

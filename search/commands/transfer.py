@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--continue and --top-k must be zero or more.")
     storage = storage_url(args)
     progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    with progress, joined(args.device, args.address) as device:
+    with progress, joined(args.device, args.address, stored=False) as device:
         report = transfer_study(
             args.study,
             storage,

@@ -24,6 +24,11 @@ def test_a_ray_device_without_an_address_is_a_user_error():
         pass
 
 
+def test_a_stored_local_study_takes_no_address():
+    with pytest.raises(UserError, match="measures on ort-cpu, not on a Ray cluster"), joined("ort-cpu", "h:1"):
+        pass
+
+
 def test_a_bad_address_is_refused_before_the_recorded_one_is_tried():
     with pytest.raises(UserError, match="must be HOST:PORT"), joined("ray:ort-cpu", "nohost", "127.0.0.1:6379"):
         pass
