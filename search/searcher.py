@@ -13,6 +13,7 @@ after with the trial, tells it. Ray is imported only when these are built.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -29,9 +30,25 @@ def define_by_run(space, trial) -> None:
     Reference policies are enqueued as they are, also where the space narrows a unit's range
     (from sensitivity): Optuna's warning that such a fixed value is out of range is expected.
     """
+    with _fixed_values_out_of_range():
+        space.sample(trial)
+
+
+def trial_policy(space, params: dict):
+    """The policy a trial's parameters (as Ray hands them to the trial) stand for; a reference's
+    values outside a narrowed range are expected here too."""
+    import optuna
+
+    with _fixed_values_out_of_range():
+        return space.sample(optuna.trial.FixedTrial(params))
+
+
+@contextlib.contextmanager
+def _fixed_values_out_of_range():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
-        space.sample(trial)
+        warnings.filterwarnings("ignore", message="The value .* is out of the range of the distribution")
+        yield
 
 
 def searcher_class():

@@ -29,7 +29,7 @@ from evaluators.environment import ensure_offline
 from evaluators.vocabulary import UserError
 from search.cluster import check_shared, where_this_runs
 from search.samplers import make_sampler
-from search.searcher import define_by_run, failure_callback, progress_callback, searcher_class
+from search.searcher import define_by_run, failure_callback, progress_callback, searcher_class, trial_policy
 from search.study import OBJECTIVES, StudyConfig, create_study, load_study, open_storage, study_exists
 from search.trial import TrialContext, evaluate_policy
 
@@ -77,7 +77,7 @@ def run_trial(config: dict, ctx: TrialContext, study_name: str, storage_url: str
 
     ensure_offline()  # a worker process may live on another machine
     check_shared(ctx.checkpoint, ctx.data_yaml, ctx.outdir)
-    policy = ctx.space.sample(optuna.trial.FixedTrial(config))
+    policy = trial_policy(ctx.space, config)
 
     def should_stop(epoch: int, value: float, latency_ms: float) -> bool:
         return early_stop and dominated_at(

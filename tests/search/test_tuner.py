@@ -169,3 +169,24 @@ def test_dominated_rule(tmp_path):
     assert not dominated_at("s", url, epoch=1, epochs=3, value=0.45, latency_ms=12.0)
     # faster than every feasible trial: nothing dominates it (the infeasible 5 ms trial does not count)
     assert not dominated_at("s", url, epoch=3, epochs=3, value=0.01, latency_ms=6.0)
+
+
+def test_a_reference_outside_a_narrowed_range_replays_quietly_as_itself():
+    """The trial replays its parameters; a reference's ratio beyond a sensitivity-narrowed range is expected."""
+    import warnings
+
+    from search.searcher import trial_policy
+
+    space = SearchSpace(
+        pruning_units=SPACE.pruning_units,
+        precision_units=SPACE.precision_units,
+        offered=SPACE.offered,
+        ratio_ranges={"model.4": (0.0, 0.1, 0.05)},
+        max_epochs=2,
+    )
+    reference = space.reference_policies()["prune-0.5-int8"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy = trial_policy(space, space.to_params(reference))
+    assert policy == reference
+    assert policy.pruning["model.4"] == 0.5
