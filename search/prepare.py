@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluators.base import TimingSettings
@@ -27,6 +28,7 @@ from evaluators.paths import data_dir, studies_dir
 from evaluators.registry import get_device
 from evaluators.vocabulary import PRECISIONS, UserError
 from search.checkpoint import load_baseline
+from search.guided import GuidedStart, guided_starts
 from search.study import StudyConfig
 from search.trial import TrialContext, build_screen, time_artifact
 from spaces.importance import get_criterion
@@ -46,6 +48,7 @@ class Prepared:
     baseline_latency_ms: float
     fastest_latency_ms: float | None
     fingerprint: dict
+    starts: Mapping[str, GuidedStart] = field(default_factory=dict)  # name -> guided start (`search.guided`)
 
     def to_record(self, config: StudyConfig) -> dict:
         """What a study stores about itself (`search.study.STUDY_ATTR`): all `front`, `export` and `transfer` need."""
@@ -66,6 +69,7 @@ class Prepared:
             "offered": list(ctx.space.offered),
             "segments": [[s.name, s.first, s.last] for s in ctx.space.segments],
             "dimensions": ctx.space.dimensions(),
+            "guided_starts": {name: start.to_dict() for name, start in self.starts.items()},
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
 
@@ -102,7 +106,7 @@ def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
     settings = {
         k: v
         for k, v in config.to_dict().items()
-        if k not in ("name", "trials", "time_limit_min", "concurrency", "sampler", "retries", "space")
+        if k not in ("name", "trials", "time_limit_min", "concurrency", "sampler", "retries", "space", "starts")
     }
     digest = hashlib.sha256(json.dumps({**settings, "storage": config.storage_url}, sort_keys=True).encode())
     digest.update(Path(checkpoint).read_bytes())
@@ -110,13 +114,21 @@ def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
 
 
 def prepare(
-    config: StudyConfig, *, name: str | None = None, record: dict | None = None, time_fastest: bool = True
+    config: StudyConfig,
+    *,
+    name: str | None = None,
+    record: dict | None = None,
+    time_fastest: bool = True,
+    guided: bool = True,
 ) -> Prepared:
     """Resolve everything a study's trials share, with the two reference latencies measured.
 
     record: the stored record of the study being resumed (`Prepared.to_record`); its L0
-    (`baseline_latency_ms`) and `budget_ms` are kept, so a resumed study keeps its scale.
+    (`baseline_latency_ms`) and `budget_ms` are kept, so a resumed study keeps its scale,
+    and so are its guided starts.
     time_fastest: False skips `check_budget` (`fastest_latency_ms` is None); the caller checks the budget.
+    guided: False makes no guided starts (`search.guided`) even where `config.starts` asks for them
+    (a caller that runs no search).
     """
     get_criterion(config.pruning_importance)  # an unknown name fails before minutes of preparation
     checkpoint = Path(config.model)
@@ -159,7 +171,13 @@ def prepare(
         reference_ms=float(baseline_ms),
     )
     fastest_ms = check_budget(context, model) if time_fastest else None
-    return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict())
+    if record is not None:
+        starts = {n: GuidedStart.from_dict(s) for n, s in record.get("guided_starts", {}).items()}
+    elif guided and config.starts == "guided":
+        starts = guided_starts(context, model)
+    else:
+        starts = {}
+    return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict(), starts)
 
 
 def check_budget(ctx: TrialContext, model=None) -> float:

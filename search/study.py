@@ -22,6 +22,7 @@ OBJECTIVES = {"map50_95": "maximize", "latency_ms": "minimize", "size_mb": "mini
 
 
 SPACES = ("per-unit", "segments")
+STARTS = ("guided", "references")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class StudyConfig:
     contiguous segment of the graph, `spaces.segments`: far fewer dimensions, no precision islands).
     retries: how many times Ray restarts a trial whose process or node died (from the start:
     trials keep no checkpoint); 0: such a trial is FAIL with the reason.
+    starts: what is enqueued before the sampler proposes: "guided" (the uniform reference
+    policies plus the guided starts of `search.guided`, measured on the device when the study
+    is created) or "references" (the uniform reference policies only).
     """
 
     name: str = "default"
@@ -70,6 +74,7 @@ class StudyConfig:
     pruning_importance: str = "magnitude"
     pruning_round_to: int | None = 8
     space: str = "per-unit"
+    starts: str = "guided"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -92,6 +97,8 @@ class StudyConfig:
             problems.append(f"imgsz must be a multiple of 32 between 32 and 2048, got {self.imgsz}")
         if self.space not in SPACES:
             problems.append(f"unknown space {self.space!r} (choose from {', '.join(SPACES)})")
+        if self.starts not in STARTS:
+            problems.append(f"unknown starts {self.starts!r} (choose from {', '.join(STARTS)})")
         if self.pruning_round_to is not None and self.pruning_round_to < 1:
             problems.append(f"pruning_round_to must be a positive channel count or null, got {self.pruning_round_to}")
         if problems:

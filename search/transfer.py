@@ -177,7 +177,7 @@ def transfer_study(
 
     config, existing = target_config(src_record, source, name, device, storage_url, budget_ms, budget_fraction)
     # a resumed target keeps its L0 and budget; a new one's budget is checked after pass 1
-    prepared = prepare(config, name=name, record=existing, time_fastest=False)
+    prepared = prepare(config, name=name, record=existing, time_fastest=False, guided=continue_trials > 0)
     preparing = time.perf_counter() - started
     target = _Target(
         ctx=prepared.context,

@@ -120,10 +120,14 @@ def prune(baseline, policy: Policy, ctx: TrialContext):
     )
 
 
-def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Path, baseline=None):
+def build_screen(
+    policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Path, baseline=None, *, timing_only: bool = False
+):
     """(pruned model, class names, screen artifact): the untrained artifact whose latency decides feasibility.
 
     baseline: the loaded checkpoint model, when the caller has it (else it is loaded from `ctx.checkpoint`).
+    timing_only: an artifact for timing and nothing else (`spaces.precision.build_artifact`); a trial's
+    screen is validated too, so it is not.
     """
     if baseline is None:
         baseline = load_baseline(ctx.checkpoint)
@@ -136,6 +140,7 @@ def build_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Pa
         names=baseline.names,
         calibration_images=list(ctx.calibration_images)[:_SCREEN_CALIBRATION],
         recipe=recipe,
+        timing_only=timing_only,
     )
     return pruned, baseline.names, screen
 

@@ -157,7 +157,8 @@ def run_search(
     ctx: TrialContext = prepared.context
     storage_url = config.storage_url
     record = prepared.to_record(config)
-    references = {n: ctx.space.to_params(p) for n, p in ctx.space.reference_policies().items()}
+    starts = {n: s.policy for n, s in prepared.starts.items()}  # guided starts (`search.guided`)
+    references = {n: ctx.space.to_params(p) for n, p in {**ctx.space.reference_policies(), **starts}.items()}
     _study, done = prepare_study(config, name, storage_url, record, references, resume=resume)
     remaining = config.trials - done
     start = time.perf_counter()

@@ -97,7 +97,9 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         "Fairness: every contender runs on the same device in the same process, with the same fine-tune budget per "
         "candidate. Both searches start from the same enqueued reference policies (FP32, all-INT8, all-FP16, uniform "
         "pruning), which count toward their trials; a reference's result is computed once — by the uniform contender, or "
-        "by the first search for FP32 — and reused, so the searches differ only in the policies their samplers propose. "
+        "by the first search for FP32 — and reused. The search also enqueues its guided starts (measured on the device, "
+        "their cost in its wall time) where its config asks for them; random search gets none, so the two differ in "
+        "the guided starts and the policies their samplers propose. "
         "A reused reference over the budget keeps its fine-tuned mAP in the study, but both samplers rank infeasible trials "
         "by their constraint violation alone, and the bench counts it as infeasible. Every latency was timed during this "
         "run (a fresh latency cache), so a policy shared by two contenders has one latency.",

@@ -99,6 +99,7 @@ def run_bench(config, *, name: str, cache_path: Path, early_stop: bool = True, c
     from evaluators.accuracy import measure_accuracy
     from evaluators.registry import get_device
     from evaluators.vocabulary import UserError
+    from search.guided import guided_starts
     from search.prepare import prepare
     from search.study import load_study
     from search.trial import evaluate_policy
@@ -118,7 +119,7 @@ def run_bench(config, *, name: str, cache_path: Path, early_stop: bool = True, c
     date, walls, points = time.strftime("%Y-%m-%d %H:%M:%S %Z"), {}, []
     with _fresh_latency_cache(Path(cache_path)):
         start = time.perf_counter()
-        prepared = prepare(config, name=name)
+        prepared = prepare(config, name=name, guided=False)  # the search's guided starts count in its own wall
         ctx = prepared.context
         baseline = measure_accuracy(
             Path(ctx.outdir) / "baseline-fp32.onnx",
@@ -148,9 +149,11 @@ def run_bench(config, *, name: str, cache_path: Path, early_stop: bool = True, c
 
         for contender, sampler in searches.items():
             start = time.perf_counter()
+            # random search is the plain baseline: the uniform references, no guided starts
+            starts = guided_starts(ctx) if contender == SEARCH and config.starts == "guided" else {}
             run_search(
                 replace(config, name=studies[contender], sampler=sampler),
-                prepared,
+                replace(prepared, starts=starts),
                 name=studies[contender],
                 early_stop=early_stop,
             )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from search.commands import add_config_argument, add_storage_argument, config_overrides
 from search.samplers import SAMPLERS
-from search.study import SPACES
+from search.study import SPACES, STARTS
 
 HELP = "Search compression policies for a model against a device's latency budget."
 
@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--space", choices=SPACES, help="a ratio and a precision per unit (per-unit, the default) or per segment"
+    )
+    parser.add_argument(
+        "--starts",
+        choices=STARTS,
+        help="enqueue the uniform references plus guided starts measured on the device (guided, the default) "
+        "or the references only",
     )
     parser.add_argument("--concurrency", type=int, help="trials run at once (default 1)")
     parser.add_argument(

@@ -237,3 +237,46 @@ def test_killed_search_resumes_without_losing_trials(tmp_path):
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(done) == 4
     assert all(t.state != TrialState.RUNNING for t in trials)
+
+
+def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
+    """`--starts guided`: starts timed on the device before the study, stored with it, enqueued after the references."""
+    from search.guided import GuidedStart
+    from spaces.segments import graph_segments, segment_of
+
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    args = ["search", "studies/smoke.yaml", "--study", "guided", "--storage", storage, "--out", str(tmp_path / "out")]
+    result = run_cli([*args, "--starts", "guided", "--trials", "7"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "guided starts:" in result.stdout
+    study = load_study("guided", storage)
+    record = study_record(study)
+    starts = {n: GuidedStart.from_dict(s) for n, s in record["guided_starts"].items()}
+    assert starts, result.stdout[-3000:]  # at 0.5 and 0.33 of L0 something always has to be pruned
+    from search.checkpoint import load_baseline
+
+    model = load_baseline(REPO_BASELINE)
+    segments = graph_segments(model, record["imgsz"])
+    for name, start in starts.items():
+        assert name.startswith("guided-") and start.measured_ms <= start.target_ms <= record["budget_ms"]
+        assert len(set(start.policy.precision.values())) == 1  # the device's fastest precision, no islands
+        assert start.policy.pruning, name
+        for unit, ratio in start.policy.pruning.items():  # one ratio per segment
+            segment = segment_of(segments, unit)
+            assert all(r == ratio for u, r in start.policy.pruning.items() if segment_of(segments, u) == segment)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    ran = [t.user_attrs.get("reference") for t in trials]
+    references = [r for r in ran if r and not r.startswith("guided-")]
+    assert ran[0] == "fp32" and ran[: len(references)] == references  # the uniform references first
+    following = ran[len(references) :]
+    expected = list(starts)[: len(following)]
+    assert following[: len(expected)] == expected  # then the guided starts, in the order of their targets
+    for trial in trials:
+        if trial.user_attrs.get("reference") in starts:
+            assert trial.user_attrs["policy_id"] == starts[trial.user_attrs["reference"]].policy.policy_id
+
+    # --resume takes the starts from the study: nothing is built or timed for them again
+    again = run_cli([*args, "--starts", "guided", "--trials", "7", "--resume"], tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
+    assert "guided starts:" not in again.stdout
+    assert study_record(load_study("guided", storage))["guided_starts"] == record["guided_starts"]

@@ -1,0 +1,198 @@
+"""Guided starts: policies a good engineer would try first, measured on the device, enqueued before sampling.
+
+For a few latency targets — the study's budget (less `BUDGET_MARGIN`) and the fractions
+`TARGET_FRACTIONS` of L0 below it — `guided_starts` finds a policy with the NetAdapt-style
+greedy of `spaces.greedy`, from measurements taken on the study's device when the study
+is created:
+
+1. The device's fastest precision: the unpruned model at every precision the device
+   offers, timed side by side with the study's reference (its FP32 artifact); the fastest
+   becomes every unit's precision (no precision islands: the greedy prunes only).
+2. Per-segment savings: for every segment (`spaces.segments.graph_segments`) and ratio of
+   `GRID`, the model at that precision with only that segment pruned, all timed in one
+   round-robin session with the unpruned one — savings in ms on the study's scale.
+3. Per-segment losses: from the model's stored sensitivity (`squeezefit sensitivity`,
+   untuned per-unit mAP drops, `spaces.greedy.segment_losses`). Without it, no guided
+   starts (said in one line).
+4. Per target: the greedy's policy is built and timed against the reference; if it misses
+   the target, the miss becomes the estimate's correction and the greedy goes on from
+   there, up to `VERIFY_ROUNDS` times (all targets' candidates share each session).
+
+Artifacts are timing-only builds (few calibration images, no bias correction: the
+structure, hence the latency, of the full build) under `<ctx.outdir>/guided/`. A start is
+named `guided-<fraction>x` (its target as a fraction of L0) and fine-tuned like the
+uniform pruned references. Costs one build per (segment, ratio) plus a few per target: on
+YOLO11n (9 segments) 27 builds of a few seconds each at 192 px, then 2-4 short sessions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluators.registry import get_device
+from search.checkpoint import load_baseline
+from search.trial import TrialContext, build_screen
+from spaces.distillation import DistillationSettings
+from spaces.greedy import estimated_ms, greedy_ratios, segment_losses
+from spaces.policy import Policy
+from spaces.precision import uniform_precisions
+from spaces.pruning import REFERENCE_RATIOS
+from spaces.segments import graph_segments, members
+from spaces.sensitivity import Sensitivity, sensitivity_path
+
+GRID = REFERENCE_RATIOS
+"""Ratios each segment is measured at, the greedy's steps."""
+TARGET_FRACTIONS = (0.7, 0.5, 0.33)
+"""Targets besides the budget, as fractions of L0 (only those below the budget)."""
+BUDGET_MARGIN = 0.97
+"""The budget's start aims this far under it, so a trial's own measurement noise keeps it within."""
+VERIFY_ROUNDS = 3
+"""Times a start is built and timed; after a miss the greedy goes on with the miss as a correction."""
+CLOSE = 0.03
+"""Targets closer than this (fraction of L0) to one kept are dropped."""
+
+
+@dataclass(frozen=True)
+class GuidedStart:
+    """A guided start: its policy, the target (ms, study scale) it was made for, and its timing-only screen's ms."""
+
+    policy: Policy
+    target_ms: float
+    measured_ms: float
+
+    def to_dict(self) -> dict:
+        return {"policy": self.policy.to_dict(), "target_ms": self.target_ms, "measured_ms": self.measured_ms}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> GuidedStart:
+        return cls(Policy.from_dict(data["policy"]), float(data["target_ms"]), float(data["measured_ms"]))
+
+
+def guided_starts(ctx: TrialContext, model=None, *, log: Callable[[str], None] = print) -> dict[str, GuidedStart]:
+    """Name -> guided start of a study (see the module docstring); {} when there is none to make.
+
+    model: the loaded baseline, when the caller has it.
+    """
+    model = model if model is not None else load_baseline(ctx.checkpoint)
+    path = sensitivity_path(ctx.checkpoint)
+    if not path.is_file():
+        log(f"guided starts: none, they need the model's sensitivity ({path}; run `squeezefit sensitivity`).")
+        return {}
+    started = time.perf_counter()
+    sensitivity = Sensitivity.load(path, model)
+    session = _Session(ctx, model)
+    precision, base_ms = session.fastest_precision()
+    targets = _targets(ctx, base_ms)
+    if not targets:
+        log(f"guided starts: none, all-{precision} ({base_ms:.2f} ms) already fits the budget.")
+        return {}
+    segments = ctx.space.segments or graph_segments(model, ctx.imgsz)
+    held = members(segments, [u.name for u in ctx.space.pruning_units])
+    log(
+        f"guided starts: all-{precision} {base_ms:.2f} ms is the fastest precision; timing {len(held)} segments "
+        f"pruned at {', '.join(f'{r:g}' for r in GRID)} for targets {', '.join(f'{t:.2f}' for t in targets)} ms"
+    )
+    savings, base_ms = session.segment_savings(held, precision)
+    losses = segment_losses(sensitivity.base_map, sensitivity.pruning, held, GRID)
+    found = _fit_targets(session, targets, savings, losses, base_ms, held, precision)
+    starts: dict[str, GuidedStart] = {}
+    for target, (ratios, measured) in found.items():
+        policy = session.policy(held, ratios, precision)
+        if any(policy == s.policy for s in starts.values()):
+            continue
+        name = f"guided-{target / ctx.reference_ms:.2f}x"
+        starts[name] = GuidedStart(policy, round(target, 4), round(measured, 4))
+        shaved = ", ".join(f"{s} {r:g}" for s, r in ratios.items() if r > 0) or "nothing"
+        log(f"  {name}: {measured:.2f} ms (target {target:.2f}), pruned {shaved}, all {precision}")
+    missed = [f"{t:.2f}" for t in targets if t not in found]
+    if missed:
+        log(f"  no start fits {', '.join(missed)} ms within the grid")
+    log(f"guided starts: {len(starts)} in {time.perf_counter() - started:.0f} s")
+    return starts
+
+
+def _targets(ctx: TrialContext, base_ms: float) -> list[float]:
+    """Latency targets (ms, descending): the budget less the margin, then L0 fractions below it; only under `base_ms`."""
+    budget = ctx.budget_ms * BUDGET_MARGIN
+    wanted = [budget, *(f * ctx.reference_ms for f in TARGET_FRACTIONS if f * ctx.reference_ms < budget)]
+    kept: list[float] = []
+    for target in wanted:
+        if target < base_ms and all(abs(target - k) > CLOSE * ctx.reference_ms for k in kept):
+            kept.append(target)
+    return kept
+
+
+def _fit_targets(session, targets, savings, losses, base_ms, held, precision) -> dict[float, tuple[dict, float]]:
+    """target -> (segment ratios, measured ms) for every target a verified greedy policy fits."""
+    open_ = {t: (None, 0.0) for t in targets}  # target -> (ratios so far, correction ms)
+    found: dict[float, tuple[dict, float]] = {}
+    for _ in range(VERIFY_ROUNDS):
+        candidates = {}
+        for target, (start, correction) in open_.items():
+            ratios = greedy_ratios(savings, losses, base_ms, target, start=start, correction_ms=correction)
+            if ratios is not None:
+                candidates[target] = ratios
+        if not candidates:
+            break
+        measured = session.time_policies([session.policy(held, r, precision) for r in candidates.values()])
+        open_ = {}
+        for (target, ratios), ms in zip(candidates.items(), measured, strict=True):
+            if ms <= target:
+                found[target] = (ratios, ms)
+            else:
+                open_[target] = (ratios, ms - estimated_ms(base_ms, savings, ratios))
+        if not open_:
+            break
+    return found
+
+
+class _Session:
+    """Builds timing-only artifacts under `<outdir>/guided/` and times them against the study's reference."""
+
+    def __init__(self, ctx: TrialContext, model) -> None:
+        self.ctx, self.model = ctx, model
+        self.device = get_device(ctx.device)
+        self.folder = Path(ctx.outdir) / "guided"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def policy(self, held: Mapping[str, tuple[str, ...]], ratios: Mapping[str, float], precision: str) -> Policy:
+        epochs = self.ctx.space.max_epochs
+        distill = DistillationSettings(epochs=epochs) if epochs else DistillationSettings(enabled=False, epochs=0)
+        return Policy(
+            pruning={u: r for s, r in ratios.items() if r > 0 for u in held[s]},
+            precision=uniform_precisions(self.ctx.space.precision_units, precision),
+            distillation=distill,
+        )
+
+    def fastest_precision(self) -> tuple[str, float]:
+        """(precision, ms): the unpruned model's fastest uniform precision among those offered (fp32 = L0)."""
+        others = [p for p in self.ctx.space.offered if p != "fp32"]
+        measured = self.time_policies([self.policy({}, {}, p) for p in others]) if others else []
+        return min([("fp32", self.ctx.reference_ms), *zip(others, measured, strict=True)], key=lambda pm: pm[1])
+
+    def segment_savings(self, held, precision: str) -> tuple[dict[str, dict[float, float]], float]:
+        """(segment -> {ratio: ms saved}, the unpruned model's ms), all from one session."""
+        variants = [(s, r) for s in held for r in GRID]
+        policies = [self.policy({}, {}, precision)] + [self.policy(held, {s: r}, precision) for s, r in variants]
+        base, *pruned = self.time_policies(policies)
+        savings: dict[str, dict[float, float]] = {s: {} for s in held}
+        for (segment, ratio), ms in zip(variants, pruned, strict=True):
+            savings[segment][ratio] = base - ms
+        return savings, base
+
+    def time_policies(self, policies: list[Policy]) -> list[float]:
+        """Each policy's screen, timing-only, timed together with the reference in one session: ms on the study scale."""
+        recipe = self.device.recipe_for()
+        paths = []
+        for policy in policies:
+            path = self.folder / f"{policy.policy_id}.onnx"
+            if not path.is_file():  # built by an earlier round or an earlier creation of this study
+                partial = path.with_suffix(".partial.onnx")
+                build_screen(policy, self.ctx, recipe, partial, baseline=self.model, timing_only=True)
+                partial.replace(path)
+            paths.append(path)
+        measured = self.device.measure_together([self.ctx.reference_artifact, *paths], settings=self.ctx.timing)
+        return [m.latency_ms(self.ctx.reference_ms) for m in measured[1:]]
