@@ -40,6 +40,8 @@ def test_flags_override_the_file_and_none_is_ignored():
         ({"sampler": "grid"}, "unknown sampler"),
         ({"imgsz": 100}, "multiple of 32"),
         ({"trials": 0}, "at least 1"),
+        ({"space": "grid"}, "unknown space 'grid'"),
+        ({"starts": "random"}, "unknown starts 'random' \\(choose from guided, references\\)"),
     ],
 )
 def test_invalid_settings_are_one_sentence(settings, message):
