@@ -35,7 +35,6 @@ from pathlib import Path
 from evaluators.registry import get_device
 from search.checkpoint import load_baseline
 from search.trial import TrialContext, build_screen
-from spaces.distillation import DistillationSettings
 from spaces.greedy import estimated_ms, greedy_ratios, segment_losses
 from spaces.policy import Policy
 from spaces.precision import uniform_precisions
@@ -159,12 +158,10 @@ class _Session:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def policy(self, held: Mapping[str, tuple[str, ...]], ratios: Mapping[str, float], precision: str) -> Policy:
-        epochs = self.ctx.space.max_epochs
-        distill = DistillationSettings(epochs=epochs) if epochs else DistillationSettings(enabled=False, epochs=0)
         return Policy(
             pruning={u: r for s, r in ratios.items() if r > 0 for u in held[s]},
             precision=uniform_precisions(self.ctx.space.precision_units, precision),
-            distillation=distill,
+            distillation=self.ctx.space.pruned_finetune(),
         )
 
     def fastest_precision(self) -> tuple[str, float]:

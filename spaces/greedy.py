@@ -2,8 +2,8 @@
 
 What a good engineer tries first: take the model at the device's fastest precision, then
 repeatedly shave the segment (`spaces.segments`) that buys the most latency per unit of
-accuracy lost, one step up its ratio grid at a time, until the model fits the target. This module is
-the rule only; the inputs are measured elsewhere (`search.guided`):
+accuracy lost, one step up its ratio grid at a time, until the model fits the target. This
+module is the rule only; the inputs are measured elsewhere (`search.guided`):
 
 - `savings`: segment -> {ratio: ms saved on the device when only that segment is pruned
   at that ratio}, measured side by side against the unpruned model at the same precision;
@@ -14,7 +14,8 @@ A policy's latency is estimated additively: the base latency, minus each segment
 at its ratio, plus a `correction_ms` that the caller learns by timing the result (pruning
 two segments does not save exactly the sum). The greedy step is the segment and higher
 ratio on its grid with the largest (extra saving) / (extra loss), cut back to the
-smallest ratio of that segment that fits when one does; a step that saves nothing is never taken.
+smallest ratio of that segment that fits when one does; a step that saves nothing is
+never taken.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ def segment_losses(
     that unit pruned} (a sensitivity analysis, untuned); held: segment -> its pruning units.
     A segment's loss is the sum of its units' drops (a negative drop, noise, counts as 0),
     not capped at `base_map`: the estimate ranks steps, and a cap would make the largest
-    ratios of sensitive segments look no worse than their middle ones. A unit's drop at a ratio it was not measured at is interpolated
-    linearly (0 at ratio 0), and extrapolated beyond its largest measured ratio along its
-    last slope; a unit never measured is assumed to lose `base_map * ratio` (pruned last).
+    ratios of sensitive segments look no worse than their middle ones. A unit's drop at a
+    ratio it was not measured at is interpolated linearly (0 at ratio 0), and extrapolated
+    beyond its largest measured ratio along its last slope; a unit never measured is
+    assumed to lose `base_map * ratio` (pruned last).
     """
     losses: dict[str, dict[float, float]] = {}
     for segment, units in held.items():
@@ -61,7 +63,12 @@ def _unit_drop(base_map: float, maps: Mapping[float, float] | None, ratio: float
 
 def estimated_ms(base_ms: float, savings: Mapping[str, Mapping[float, float]], ratios: Mapping[str, float]) -> float:
     """The additive latency estimate (ms) of pruning each segment at `ratios` (unnamed: 0)."""
-    return base_ms - sum(savings[s][r] for s, r in ratios.items() if r > 0)
+    return base_ms - sum(_at(savings[s], r) for s, r in ratios.items())
+
+
+def _at(table: Mapping[float, float], ratio: float) -> float:
+    """A segment's saving or loss at `ratio` (0 unpruned)."""
+    return table[ratio] if ratio > 0 else 0.0
 
 
 def greedy_ratios(
@@ -76,7 +83,8 @@ def greedy_ratios(
     """Segment -> ratio (every segment of `savings`; 0: unpruned) whose estimate fits `target_ms`, or None.
 
     From `start` (all 0 by default), take greedy steps up each segment's ratio grid (the
-    ratios of `savings[segment]`; a step may skip ratios) until `estimated_ms + correction_ms <= target_ms`.
+    ratios of `savings[segment]`; a step may skip ratios) until
+    `estimated_ms + correction_ms <= target_ms`.
     None when every segment is at its last ratio (or no step saves anything) and it still
     does not fit. A segment missing from `losses` is never pruned.
     """
@@ -88,7 +96,7 @@ def greedy_ratios(
             return None
         segment, ratio = step
         # no further than needed: the smallest ratio of that segment that already fits, if one does
-        saved = savings[segment][ratios[segment]] if ratios[segment] > 0 else 0.0
+        saved = _at(savings[segment], ratios[segment])
         fitting = [
             r for r in sorted(savings[segment]) if ratios[segment] < r < ratio and savings[segment][r] - saved >= over
         ]
@@ -107,8 +115,7 @@ def _best_step(savings, losses, ratios) -> tuple[str, float] | None:
         if segment not in losses:
             continue
         current = ratios[segment]
-        saved = table[current] if current > 0 else 0.0
-        lost = losses[segment][current] if current > 0 else 0.0
+        saved, lost = _at(table, current), _at(losses[segment], current)
         for ratio in sorted(r for r in table if r > current):
             gain = table[ratio] - saved
             if gain <= 0:

@@ -149,13 +149,15 @@ class SearchSpace:
     def fastest_precision(self) -> str:
         return next(p for p in _SPEED_ORDER if p in self.offered)
 
+    def pruned_finetune(self) -> DistillationSettings:
+        """The fine-tune a pruned reference (or guided start) gets: distillation for `max_epochs`, or none at 0."""
+        if self.max_epochs:
+            return DistillationSettings(epochs=self.max_epochs)
+        return DistillationSettings(enabled=False, epochs=0)
+
     def reference_policies(self) -> dict[str, Policy]:
         """Named uniform policies: what a user would try by hand."""
-        distill = (
-            DistillationSettings(epochs=self.max_epochs)
-            if self.max_epochs
-            else DistillationSettings(enabled=False, epochs=0)
-        )
+        distill = self.pruned_finetune()
         none = DistillationSettings(enabled=False, epochs=0)
         units = self.precision_units
         refs = {"fp32": Policy(precision=uniform_precisions(units, "fp32"), distillation=none)}
