@@ -21,6 +21,7 @@ COMMANDS = (
     "sensitivity",
     "search",
     "front",
+    "recover",
     "export",
     "transfer",
     "measure",

@@ -121,6 +121,7 @@ def card_figures(study, number: int, attrs: dict, session: dict) -> dict:
         "baseline_p50_ms_together": session["baseline_p50_ms"],
         "timed_together_at": session["when"],
         "fingerprint_hash": session["fingerprint_hash"],
+        **({"recovered_from": attrs["recovered_from"], "recovery": attrs["recovery"]} if "recovery" in attrs else {}),
     }
 
 
@@ -158,6 +159,7 @@ def _card(study, number: int, attrs: dict, policy: Policy, figures: dict, sessio
         f"- device fingerprint: `{yaml.safe_dump(attrs['fingerprint'], default_flow_style=True).strip()}`",
         f"- versions: ultralytics {ultralytics.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}",
         "",
+        *_recovery_lines(attrs),
         "## Distillation",
         "",
         *(f"- {k}: {v}" for k, v in policy.distillation.to_dict().items()),
@@ -172,3 +174,22 @@ def _card(study, number: int, attrs: dict, policy: Policy, figures: dict, sessio
     for unit in units:
         lines.append(f"| {unit} | {policy.pruning.get(unit, 0.0):.2f} | {policy.precision.get(unit, 'fp32')} |")
     return "\n".join(lines) + "\n"
+
+
+def _recovery_lines(attrs: dict) -> list[str]:
+    """The card's recovery section (`search.recover`) for a recovered trial; nothing for another."""
+    recovery = attrs.get("recovery")
+    if not recovery:
+        return []
+    curve = ", ".join(f"{m:.4f}" for m in recovery["epoch_maps"])
+    return [
+        "## Recovery",
+        "",
+        f"- recovered from trial {attrs['recovered_from']}: mAP50-95 {recovery['map_before']:.4f} -> "
+        f"**{attrs['map50_95']:.4f}**, mAP50 {recovery['map50_before']:.4f} -> {attrs['map50']:.4f} (both on the deployed artifact)",
+        f"- how: {recovery['epochs']} more epochs of fine-tuning from {recovery['started_from']} on "
+        f"{recovery['train_images_used']} train images, distilled from the baseline, INT8 calibrated again",
+        f"- epoch curve, val mAP50-95 (PyTorch): {curve}",
+        f"- cost: {recovery['seconds'] / 60:.1f} min wall",
+        "",
+    ]

@@ -31,11 +31,15 @@ COLUMNS = [
     "reference",
     "artifact",
     "weights",
+    "recovered_from",
 ]
 
 
 def trials_table(study) -> pd.DataFrame:
-    """One row per finished trial (COMPLETE or PRUNED), with the squeezefit results it stored."""
+    """One row per finished trial (COMPLETE or PRUNED), with the squeezefit results it stored.
+
+    recovered_from: the source trial's number for a recovered trial (`search.recover`), else NA.
+    """
     budget = study_record(study)["budget_ms"]
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
@@ -60,9 +64,10 @@ def trials_table(study) -> pd.DataFrame:
                 "reference": attrs.get("reference", ""),
                 "artifact": attrs.get("artifact", ""),
                 "weights": attrs.get("weights", ""),
+                "recovered_from": attrs.get("recovered_from"),
             }
         )
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS).astype({"recovered_from": "Int64"})
 
 
 def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
@@ -110,7 +115,8 @@ def save_latency_map_plot(fig, ax, png: Path, *, title: str, legend_size: float)
 
 
 def plot_front(table: pd.DataFrame, budget_ms: float, png: Path, *, title: str = "", html: Path | None = None) -> Path:
-    """mAP50-95 vs p50 latency: all trials, the front, the budget line, references labelled."""
+    """mAP50-95 vs p50 latency: all trials, the front, the budget line, references labelled, recovered
+    trials as stars with an arrow from their source."""
     front = pareto_front(table)
     fig, ax = latency_map_axes((8, 5))
     styles = {"complete": ("o", "#4C72B0"), "infeasible": ("x", "#C44E52"), "pruned": ("v", "#8C8C8C")}
@@ -125,6 +131,27 @@ def plot_front(table: pd.DataFrame, budget_ms: float, png: Path, *, title: str =
                 alpha=0.7,
                 label=f"{status} ({len(part)})",
             )
+    recovered = table[table["recovered_from"].notna()]
+    if not recovered.empty:
+        ax.scatter(
+            recovered["latency_ms"],
+            recovered["map50_95"],
+            marker="*",
+            s=140,
+            c="#DD8452",
+            zorder=3,
+            label=f"recovered ({len(recovered)})",
+        )
+        rows = table.set_index("trial")
+        for _, row in recovered.iterrows():
+            if row["recovered_from"] in rows.index:
+                source = rows.loc[row["recovered_from"]]
+                ax.annotate(
+                    "",
+                    (row["latency_ms"], row["map50_95"]),
+                    xytext=(source["latency_ms"], source["map50_95"]),
+                    arrowprops={"arrowstyle": "->", "color": "#DD8452", "lw": 1},
+                )
     if not front.empty:
         ax.plot(front["latency_ms"], front["map50_95"], "-D", c="#55A868", lw=2, ms=7, label="Pareto front")
     ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"budget {budget_ms:.2f} ms")

@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import pandas as pd
+
 from evaluators.base import TimingSettings
 from evaluators.registry import get_device
 from evaluators.vocabulary import UserError
@@ -99,6 +101,8 @@ def front_text(study, front) -> str:
     if front.empty:
         return "  (empty)"
     shown = front[["trial", "map50_95", "latency_ms", "size_mb", "policy_id", "reference"]].copy()
+    if front["recovered_from"].notna().any():  # a recovered point says which trial it recovered
+        shown["recovered from"] = [f"#{n}" if pd.notna(n) else "" for n in front["recovered_from"]]
     session = study.user_attrs.get(FRONT_TIMING_ATTR)
     if not session:
         return shown.to_string(index=False)

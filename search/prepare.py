@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from evaluators.base import TimingSettings
@@ -29,7 +29,7 @@ from evaluators.registry import get_device
 from evaluators.vocabulary import PRECISIONS, UserError
 from search.checkpoint import load_baseline
 from search.guided import GuidedStart, guided_starts
-from search.study import StudyConfig
+from search.study import StudyConfig, study_record
 from search.trial import TrialContext, build_screen, time_artifact
 from spaces.importance import get_criterion
 from spaces.onnx_export import export_onnx, precision_units
@@ -106,7 +106,18 @@ def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
     settings = {
         k: v
         for k, v in config.to_dict().items()
-        if k not in ("name", "trials", "time_limit_min", "concurrency", "sampler", "retries", "space", "starts")
+        if k
+        not in (
+            "name",
+            "trials",
+            "time_limit_min",
+            "concurrency",
+            "sampler",
+            "retries",
+            "space",
+            "starts",
+            "recover_epochs",
+        )
     }
     digest = hashlib.sha256(json.dumps({**settings, "storage": config.storage_url}, sort_keys=True).encode())
     digest.update(Path(checkpoint).read_bytes())
@@ -178,6 +189,17 @@ def prepare(
     else:
         starts = {}
     return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict(), starts)
+
+
+def stored_context(study, storage_url: str) -> TrialContext:
+    """The trial context of a stored study, for work on its trials after the search (no timing, no starts).
+
+    Its L0, budget, reference artifact and output folder are the stored ones.
+    """
+    record = study_record(study)
+    config = StudyConfig.from_record(record, storage_url)
+    context = prepare(config, name=study.study_name, record=record, time_fastest=False, guided=False).context
+    return replace(context, outdir=record["outdir"], reference_artifact=record["reference_artifact"])
 
 
 def check_budget(ctx: TrialContext, model=None) -> float:

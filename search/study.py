@@ -47,6 +47,8 @@ class StudyConfig:
     starts: what is enqueued before the sampler proposes: "guided" (the uniform reference
     policies plus the guided starts of `search.guided`, measured on the device when the study
     is created) or "references" (the uniform reference policies only).
+    recover_epochs: after the search, recover the best policy under the budget this many epochs on the whole train
+    split (`search.recover`) before it is exported; 0: export it as the search left it.
     """
 
     name: str = "default"
@@ -75,6 +77,7 @@ class StudyConfig:
     pruning_round_to: int | None = 8
     space: str = "per-unit"
     starts: str = "guided"
+    recover_epochs: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -91,8 +94,10 @@ class StudyConfig:
             problems.append(f"unknown sampler {self.sampler!r} (choose from {', '.join(SAMPLERS)})")
         if self.latency_min_seconds <= 0:
             problems.append(f"latency_min_seconds must be positive, got {self.latency_min_seconds}")
-        if self.trials < 1 or self.concurrency < 1 or self.finetune_epochs < 0 or self.retries < 0:
-            problems.append("trials and concurrency must be at least 1, finetune_epochs and retries at least 0")
+        if self.trials < 1 or self.concurrency < 1 or min(self.finetune_epochs, self.retries, self.recover_epochs) < 0:
+            problems.append(
+                "trials and concurrency must be at least 1, finetune_epochs, retries and recover_epochs at least 0"
+            )
         if not 32 <= self.imgsz <= 2048 or self.imgsz % 32:
             problems.append(f"imgsz must be a multiple of 32 between 32 and 2048, got {self.imgsz}")
         if self.space not in SPACES:
@@ -126,6 +131,17 @@ class StudyConfig:
             return cls(**raw)
         except TypeError as exc:
             raise UserError(f"study config {path} is malformed: {exc}.") from None
+
+    @classmethod
+    def from_record(cls, record: dict, storage_url: str) -> StudyConfig:
+        """The config a stored study ran with (`search.prepare.Prepared.to_record`), in `storage_url`.
+
+        Paths are the resolved ones it used (a relative path was relative to the cwd of its search).
+        """
+        known = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in record["config"].items() if k in known})
+        data = config.data if config.data == "embedded" else record["data_yaml"]
+        return replace(config, storage=storage_url, model=record["checkpoint"], data=data)
 
     def with_overrides(self, **overrides) -> StudyConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})

@@ -9,7 +9,7 @@ takes its L0 and budget from; one of another source or device is a UserError.
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from optuna.trial import TrialState
@@ -46,7 +46,6 @@ def target_config(
     src_record, source, name, device, storage_url, budget_ms, budget_fraction
 ) -> tuple[StudyConfig, dict | None]:
     """The target's StudyConfig, and its record if the target study already exists."""
-    known = {f.name for f in fields(StudyConfig)}
     if study_exists(name, storage_url):
         record = study_record(load_study(name, storage_url))
         if record.get("source_study") != source or record.get("device") != device:
@@ -58,13 +57,8 @@ def target_config(
             raise UserError(
                 f"study {name!r} already has a budget of {record['budget_ms']:.2f} ms; drop the budget option to resume it."
             )
-        stored = {k: v for k, v in record["config"].items() if k in known}
-        return StudyConfig(**{**stored, "storage": storage_url}), record  # L0 and budget: `prepare(record=...)`
-    base = StudyConfig(**{k: v for k, v in src_record["config"].items() if k in known})
-    data = base.data if base.data == "embedded" else src_record["data_yaml"]  # relative paths were the source's cwd
-    config = base.with_overrides(
-        name=name, device=device, storage=storage_url, model=src_record["checkpoint"], data=data
-    )
+        return StudyConfig.from_record(record, storage_url), record  # L0 and budget: `prepare(record=...)`
+    config = StudyConfig.from_record(src_record, storage_url).with_overrides(name=name, device=device)
     if budget_ms is not None or budget_fraction is not None:
         config = replace(config, budget_ms=budget_ms, budget_fraction=budget_fraction)
     return config, None

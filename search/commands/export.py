@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from search.commands import add_address_argument, add_study_arguments, storage_url
+from search.commands.recover import add_recovery_arguments, recovery_settings
 
 HELP = "Export a policy of a study (best under a budget, or a given trial) as a deployable bundle."
 
@@ -20,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="bundle directory (policy.yaml, model.onnx, model.pt, card.md)"
     )
+    add_recovery_arguments(parser, "--recover-epochs")
     add_address_argument(parser)
 
 
@@ -31,6 +33,23 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(args.study, storage_url(args))
     record = study_record(study)
     with joined(record["device"], args.address, record["config"].get("address")):  # the card re-times on it
-        out = export_bundle(study, args.out, budget_ms=args.budget_ms, trial=args.trial)
+        if args.recover_epochs:  # recover the chosen trial first, then export the recovered one
+            number = _recovered(study, args)
+            out = export_bundle(study, args.out, trial=number)
+        else:
+            out = export_bundle(study, args.out, budget_ms=args.budget_ms, trial=args.trial)
     print(f"exported to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
+
+
+def _recovered(study, args: argparse.Namespace) -> int:
+    """The trial number of the recovery of the chosen trial (made now, or stored)."""
+    from search.export import choose_trial
+    from search.prepare import stored_context
+    from search.recover import recover_trial, recoverable
+
+    settings = recovery_settings(args)  # bad settings fail before anything runs
+    chosen = args.trial if args.trial is not None else int(choose_trial(study, budget_ms=args.budget_ms)["trial"])
+    number = recoverable(study, chosen).number
+    print(f"recovering trial {number} before the export", flush=True)
+    return recover_trial(study, number, stored_context(study, storage_url(args)), settings)

@@ -42,6 +42,7 @@ def test_flags_override_the_file_and_none_is_ignored():
         ({"trials": 0}, "at least 1"),
         ({"space": "grid"}, "unknown space 'grid'"),
         ({"starts": "random"}, "unknown starts 'random' \\(choose from guided, references\\)"),
+        ({"recover_epochs": -1}, "recover_epochs .*at least 0"),
     ],
 )
 def test_invalid_settings_are_one_sentence(settings, message):
@@ -123,3 +124,17 @@ def test_sensitivity_measured_with_other_pruning_options_is_refused(tmp_path):
     for options in ({"pruning_importance": "lamp"}, {"pruning_round_to": 4}):
         with pytest.raises(UserError, match="run `squeezefit sensitivity` again"):
             sensitivity_ranges(replace(same, **options), checkpoint, model)
+
+
+def test_a_stored_record_gives_back_the_config_it_ran_with(tmp_path):
+    config = StudyConfig.from_yaml("studies/smoke.yaml", recover_epochs=2)
+    record = {
+        "config": {**config.to_dict(), "a_field_of_a_later_version": 1},
+        "checkpoint": str(REPO_BASELINE),
+        "data_yaml": str(tmp_path / "data.yaml"),
+    }
+    again = StudyConfig.from_record(record, "sqlite:///elsewhere.db")
+    assert again.storage_url == "sqlite:///elsewhere.db" and again.model == str(REPO_BASELINE)
+    assert again.data == "embedded" and again.recover_epochs == 2 and again.trials == config.trials
+    record["config"]["data"] = "relative/data.yaml"  # a relative path was relative to the search's cwd
+    assert StudyConfig.from_record(record, "sqlite:///x.db").data == str(tmp_path / "data.yaml")

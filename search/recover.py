@@ -1,0 +1,237 @@
+"""Recovery of a chosen policy: a longer fine-tune on the whole train split, distilled from the baseline.
+
+A search fine-tunes every candidate briefly, on the study's fidelity subset (`train_images`,
+`finetune_epochs`), because it must afford many. The few policies a person picks deserve
+more: `recover_trial` continues the source trial's fine-tuned weights (or, for a policy the
+search never fine-tuned, its pruned baseline) for `RecoverySettings.epochs` epochs on the
+whole train split (or `train_images`), always with Ultralytics' feature distillation from
+the study's baseline, then builds the deployed artifact again on the study's full
+calibration set, times it against the study's reference (the same paired protocol as a
+trial) and validates it on the study's validation images, so the recovered mAP is
+comparable with every other trial of the study.
+
+The result is stored as a new COMPLETE trial of the same study, at the source trial's
+parameters (it is the same point of the space, better trained; `SearchSpace.replay`), its own scores, and the
+user attributes `recovered_from` (the source trial's number) and `recovery`: the settings,
+the source's mAP (`map_before`), the per-epoch val mAP (the epoch curve, PyTorch), the
+train images used and the wall seconds it cost. `front` marks such points, `export` exports
+them like any trial, and the card shows the before/after. Recovering the same trial with
+the same settings again returns the stored trial (its files under
+`<outdir>/<policy_id>/recovered-<epochs>e-<images>/` are reused).
+
+The sampler of a resumed search sees recovered trials too: a better-trained point is a true
+statement that its region of the space is good.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import optuna
+import torch
+
+from evaluators.datasets import split_images, subset_data_yaml
+from evaluators.registry import get_device
+from evaluators.vocabulary import UserError
+from search.checkpoint import load_baseline
+from search.trial import TrialContext, build_deployed, prune, time_artifact, validate_artifact
+from search.trial_result import Stopwatch, TrialResult, save_result, size_mb
+from spaces.distillation import DistillationSettings, finetune
+from spaces.policy import Policy
+
+RECOVERED_ATTR = "recovered_from"
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    """How a chosen policy is recovered.
+
+    epochs: fine-tune epochs (> 0). train_images: the first N train images (None: the whole
+    split). lr0: AdamW initial learning rate (None: the source policy's). weight: the
+    distillation loss weight, Ultralytics' `dis` (None: the source policy's when it
+    distilled, else the default).
+    """
+
+    epochs: int = 10
+    train_images: int | None = None
+    lr0: float | None = None
+    weight: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"recovery needs at least 1 epoch, got {self.epochs}.")
+        if self.train_images is not None and self.train_images < 1:
+            raise UserError(f"recovery needs at least 1 train image, got {self.train_images}.")
+
+    def tag(self) -> str:
+        """The folder name of a recovery with these settings: `recovered-<epochs>e-<images|all>[-lr..][-dis..]`."""
+        parts = [f"recovered-{self.epochs}e", str(self.train_images or "all")]
+        parts += [f"lr{self.lr0:g}"] if self.lr0 is not None else []
+        parts += [f"dis{self.weight:g}"] if self.weight is not None else []
+        return "-".join(parts)
+
+    def distillation(self, source: DistillationSettings) -> DistillationSettings:
+        """The fine-tune settings: distillation always on, from the source's teacher, with these epochs."""
+        default = DistillationSettings()
+        return DistillationSettings(
+            enabled=True,
+            weight=self.weight or (source.weight if source.enabled else default.weight),
+            epochs=self.epochs,
+            lr0=self.lr0 or source.lr0,
+            teacher=source.teacher,
+        )
+
+
+def recovered_trials(study, number: int) -> dict[str, int]:
+    """Settings tag -> trial number of the stored recoveries of trial `number`."""
+    return {
+        t.user_attrs["recovery"]["tag"]: t.number
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get(RECOVERED_ATTR) == number
+    }
+
+
+def recoverable(study, number: int):
+    """The FrozenTrial a recovery of trial `number` starts from: the trial, or the source of a recovered trial
+    (recovering a recovery recovers its source with the new settings). UserError saying why not otherwise."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    trial = trials.get(number)
+    if trial is None or trial.state != optuna.trial.TrialState.COMPLETE or "status" not in trial.user_attrs:
+        raise UserError(f"study {study.study_name!r} has no finished trial number {number}.")
+    if trial.user_attrs.get(RECOVERED_ATTR) is not None:
+        trial = trials[trial.user_attrs[RECOVERED_ATTR]]
+    attrs = trial.user_attrs
+    if attrs["status"] != "complete":
+        raise UserError(
+            f"trial {number} is {attrs['status']}: only a complete trial (within the budget, fine-tuned) is recovered."
+        )
+    if attrs.get("map_source") == "carried":
+        raise UserError(
+            f"trial {number}'s mAP was carried from another device's study, not measured; only a measured trial is recovered."
+        )
+    weights = attrs.get("weights")
+    if weights and not Path(weights).is_file():
+        raise UserError(f"trial {number}'s weights file {weights!r} is gone; re-run the study to rebuild it.")
+    return trial
+
+
+def recover_trial(study, number: int, ctx: TrialContext, settings: RecoverySettings) -> int:
+    """Recover trial `number` of `study` (see the module docstring; a recovered trial's source, if it is one); the
+    recovered trial's number.
+
+    ctx: the study's trial context (`search.prepare.prepare` of its stored record). A stored
+    recovery with the same settings is returned as it is.
+    """
+    source = recoverable(study, number)
+    number = source.number
+    stored = recovered_trials(study, number).get(settings.tag())
+    if stored is not None:
+        return stored
+    attrs = source.user_attrs
+    policy = Policy.from_dict(attrs["policy"])
+    out = Path(ctx.outdir) / policy.policy_id / settings.tag()
+    done = out / "result.json"
+    if done.is_file():
+        result = TrialResult.from_dict(json.loads(done.read_text()))
+    else:
+        result = _recover(policy, attrs, ctx, settings, out)
+    extra = {
+        RECOVERED_ATTR: number,
+        "recovery": {
+            "tag": settings.tag(),
+            **asdict(settings),
+            "train_images_used": train_count(ctx, settings),
+            "started_from": "the trial's weights" if attrs.get("weights") else "the pruned baseline",
+            "map_before": attrs["map50_95"],
+            "map50_before": attrs["map50"],
+            "epoch_maps": list(result.epoch_maps),
+            "seconds": round(sum(result.seconds.values()), 2),
+        },
+    }
+    if attrs.get("reference"):
+        extra["reference"] = f"{attrs['reference']} recovered"
+    return _add_trial(study, ctx.space.replay(policy), result, extra, ctx.budget_ms)
+
+
+def _recover(policy: Policy, attrs: dict, ctx: TrialContext, settings: RecoverySettings, out: Path) -> TrialResult:
+    out.mkdir(parents=True, exist_ok=True)
+    watch = Stopwatch()
+    device = get_device(ctx.device)
+    recipe = device.recipe_for(policy.recipe)
+    baseline = load_baseline(ctx.checkpoint)
+    if attrs.get("weights"):
+        student = torch.load(attrs["weights"], map_location="cpu", weights_only=False)
+    else:  # a policy the search did not fine-tune (e.g. unpruned): start from its pruned baseline
+        student = prune(baseline, policy, ctx).model
+    watch.lap("load")
+    data_yaml = subset_data_yaml(Path(ctx.data_yaml), "train", settings.train_images, out)
+    data_yaml = subset_data_yaml(data_yaml, "val", ctx.val_images, out)
+    distillation = settings.distillation(policy.distillation)
+    print(
+        f"  recovering {policy.policy_id}: {distillation.epochs} epochs on {train_count(ctx, settings)} train images, "
+        f"distilled from the baseline (dis {distillation.weight:g}, lr0 {distillation.lr0:g})",
+        flush=True,
+    )
+    tuned = finetune(student, ctx.checkpoint, distillation, data_yaml, imgsz=ctx.imgsz, seed=ctx.seed, workdir=out)
+    watch.lap("finetune")
+    weights = out / "model.pt"
+    tuned.model.names = baseline.names
+    torch.save(tuned.model, weights)
+    artifact = build_deployed(tuned.model, policy, ctx, recipe, out / "model.onnx")
+    latency = time_artifact(device, artifact, ctx)
+    watch.lap("artifact")
+    acc = validate_artifact(artifact, ctx, device.accuracy_runtime, out)
+    watch.lap("validate")
+    result = TrialResult(
+        status="complete",
+        policy_id=policy.policy_id,
+        policy=replace(policy, distillation=distillation).to_dict(),
+        map50_95=acc.map50_95,
+        map50=acc.map50,
+        latency_ms=latency.latency_ms,
+        latency_p90_ms=latency.latency_p90_ms,
+        size_mb=size_mb(artifact),
+        macs=attrs["macs"],
+        params=attrs["params"],
+        fingerprint=device.fingerprint().to_dict(),
+        epoch_maps=tuned.epoch_maps,
+        artifact=str(artifact),
+        weights=str(weights),
+        seconds=watch.seconds,
+        timing=latency.timing,
+    )
+    return save_result(result, out / "result.json")
+
+
+def train_count(ctx: TrialContext, settings: RecoverySettings) -> int:
+    """How many train images a recovery with `settings` trains on."""
+    total = len(split_images(Path(ctx.data_yaml), "train")[1])
+    return min(total, settings.train_images or total)
+
+
+def _add_trial(study, point: tuple[dict, dict], result: TrialResult, extra: dict, budget_ms: float) -> int:
+    """Store `result` as a COMPLETE trial at `point` (params, distributions: the source's policy replayed by the
+    space, ranges widened where an enqueued start lies outside them); its number."""
+    params, distributions = point
+    objectives = study_objectives(study)
+    trial = optuna.trial.create_trial(
+        params=params,
+        distributions=distributions,
+        values=[getattr(result, o) for o in objectives],
+        user_attrs={**result.to_dict(), **extra},
+        constraints={"latency_budget": result.latency_ms - budget_ms},
+    )
+    trial.datetime_complete = datetime.datetime.now()
+    trial.datetime_start = trial.datetime_complete - datetime.timedelta(seconds=sum(result.seconds.values()))
+    study.add_trial(trial)
+    return study.get_trials(deepcopy=False)[-1].number
+
+
+def study_objectives(study) -> list[str]:
+    """The study's objectives, as its config names them."""
+    from search.study import study_record
+
+    return list(study_record(study)["config"]["objectives"])
