@@ -97,6 +97,27 @@ class OpenVinoCpuDevice(LocalDevice):
                 raise compile_error(artifact_path, execution, exc) from None
             raise UserError(f"OpenVINO cannot read {artifact_path}: {str(exc).splitlines()[0][:200]}") from None
 
+    def open_as_exported(self, model_path: Path, inputs: dict) -> tuple[object, str]:
+        """(clock, inference precision) of a model file (ONNX or IR .xml) compiled the way a user's own OpenVINO
+        run compiles it: this device's threads, LATENCY hint and one stream, and OpenVINO's default inference
+        precision (bf16 on CPUs with AVX512-BF16 or AMX; the second value names the one it chose). `inputs` are
+        set by position, in their order."""
+        import openvino as ov
+
+        core = ov.Core()
+        properties = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        try:
+            compiled = core.compile_model(
+                core.read_model(str(model_path)), "CPU", {k: str(v) for k, v in properties.items()}
+            )
+        except RuntimeError as exc:
+            raise UserError(f"OpenVINO cannot compile {model_path}: {str(exc).splitlines()[0][:200]}") from None
+        request = compiled.create_infer_request()
+        for index, array in enumerate(inputs.values()):  # by position: an exporter may name the inputs its own way
+            request.set_input_tensor(index, ov.Tensor(array))
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: bf16, f32, f16
+        return wall_clock(request.infer), getattr(precision, "get_type_name", lambda: str(precision))()
+
     def open(self, artifact_path: Path, inputs: dict):
         import openvino as ov
 

@@ -16,7 +16,8 @@
    throughput and the drift between the first and last fifth of the runs.
 7. Side by side (`run_alternating`, `LocalDevice._measure_together`): several artifacts
    loaded at once, each warmed up, then run in turn round by round; the ratios of their
-   medians come from `evaluators.paired`.
+   medians come from `evaluators.paired`. `time_together` does the same for clocks that
+   different devices of one host opened.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ def run_alternating(clocks: Sequence[Callable[[], float]], settings: TimingSetti
             if rounds >= settings.min_runs and (time.perf_counter_ns() - start) / 1e9 >= settings.min_seconds:
                 break
     return times
+
+
+def time_together(clocks: Sequence[Callable[[], float]], settings: TimingSettings, *, host: str = "cpu"):
+    """`run_alternating` under the host's lock: clocks opened by different devices (e.g. ONNX Runtime and
+    OpenVINO on one CPU) timed in one round-robin session. Returns ms per clock per round."""
+    with device_lock(host):
+        return run_alternating(clocks, settings)
 
 
 @contextlib.contextmanager

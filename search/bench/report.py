@@ -13,6 +13,7 @@ from search.bench.points import (
     BUDGET_FRACTIONS,
     CONTENDERS,
     FP32,
+    PEER,
     RANDOM,
     SEARCH,
     UNIFORM,
@@ -27,7 +28,7 @@ from search.bench.points import (
 )
 from search.front import latency_map_axes, save_latency_map_plot
 
-_TITLES = {FP32: "FP32 baseline", UNIFORM: "uniform", RANDOM: "random search"}
+_TITLES = {FP32: "FP32 baseline", PEER: "one-command peer", UNIFORM: "uniform", RANDOM: "random search"}
 
 
 def title(result: BenchResult, contender: str) -> str:
@@ -119,6 +120,7 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
             )
         else:
             lines.append(f"| {row['contender']} | {row['policy']} | — | — | — | — |")
+    lines += _peer_lines(result)
     lines += [
         "",
         "## Wall time per contender",
@@ -140,16 +142,15 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         "",
         "Each cell: mAP50-95 (M/M0, policy, p50).",
         "",
-        "| budget | ms | uniform (best) | random search | squeezefit search | search − uniform |",
-        "|---|---:|---|---|---|---:|",
+        "| budget | ms | best peer | uniform (best) | random search | squeezefit search | search − uniform |",
+        "|---|---:|---|---|---|---|---:|",
     ]
     for fraction in BUDGET_FRACTIONS:
         cap = fraction * l0
-        u, r, s = (best_under(result.of(c), cap) for c in (UNIFORM, RANDOM, SEARCH))
+        q, u, r, s = (best_under(result.of(c), cap) for c in (PEER, UNIFORM, RANDOM, SEARCH))
         gap = f"{s.map50_95 - u.map50_95:+.4f}" if s and u else "—"
-        lines.append(
-            f"| {fraction:g}·L0 | {cap:.3f} | {_cell(u, result)} | {_cell(r, result)} | {_cell(s, result)} | {gap} |"
-        )
+        cells = " | ".join(_cell(x, result) for x in (q, u, r, s))
+        lines.append(f"| {fraction:g}·L0 | {cap:.3f} | {cells} | {gap} |")
     hv = {c: hypervolume(result.of(c), budget) for c in (UNIFORM, RANDOM, SEARCH)}
     lines += [
         "",
@@ -184,8 +185,37 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _peer_lines(result: BenchResult) -> list[str]:
+    """The peers section: how each was made and run, its speedup with the interval, or why it was skipped."""
+    if not result.peers:
+        return []
+    lines = [
+        "",
+        "## One-command peers",
+        "",
+        "Each exported from the baseline by Ultralytics with its defaults, validated by Ultralytics' validator on its "
+        "own file, and timed in ONE round-robin session with the bench device's FP32 reference (every peer on its own "
+        "runtime, the bench device's thread count); p50 = ratio to the reference x L0.",
+        "",
+        "| peer | made by | runs on | p50 (ms) | L0/L (95%) | mAP50-95 | M/M0 |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    l0, m0 = result.baseline_latency_ms, result.baseline_map
+    for peer in result.peers:
+        runtime = peer["runtime"] + (f" ({peer['precision']})" if peer.get("precision") else "")
+        if peer["skipped"]:
+            lines.append(f"| {peer['label']} | `{peer['command']}` | {runtime} | skipped: {peer['skipped']} | | | |")
+            continue
+        lines.append(
+            f"| {peer['label']} | `{peer['command']}` | {runtime} | {peer['ratio'] * l0:.3f} | "
+            f"{1 / peer['ratio']:.2f}x ({1 / peer['ratio_high']:.2f}-{1 / peer['ratio_low']:.2f}) | "
+            f"{peer['map50_95']:.4f} | {retained(peer['map50_95'], m0):.1%} |"
+        )
+    return lines
+
+
 def plot_bench(result: BenchResult, png: Path) -> Path:
-    """mAP50-95 vs p50 latency: every contender's complete points, the two search fronts, budget lines."""
+    """mAP50-95 vs p50 latency: every contender's complete points, the two search fronts, the peers, budget lines."""
     l0, budget = result.baseline_latency_ms, result.budget_ms
     fig, ax = latency_map_axes((9, 5.5))
     # The random front is drawn last, dashed, so it stays visible where the two fronts coincide.
@@ -216,6 +246,19 @@ def plot_bench(result: BenchResult, png: Path) -> Path:
     )
     for p in uniform:
         ax.annotate(p.label, (p.latency_ms, p.map50_95), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    peers = [p for p in result.of(PEER) if p.status == "complete"]
+    if peers:
+        ax.scatter(
+            [p.latency_ms for p in peers],
+            [p.map50_95 for p in peers],
+            marker="^",
+            c="#8172B3",
+            s=60,
+            label="one-command peers",
+            zorder=3,
+        )
+        for p in peers:
+            ax.annotate(p.label, (p.latency_ms, p.map50_95), fontsize=7, xytext=(4, -10), textcoords="offset points")
     ax.scatter([l0], [result.baseline_map], marker="*", c="k", s=120, label="FP32 baseline", zorder=3)
     for fraction, style in zip(BUDGET_FRACTIONS, ("--", "-.", ":"), strict=False):
         ax.axvline(fraction * l0, ls=style, c="#C44E52", lw=1, label=f"{fraction:g}·L0 = {fraction * l0:.2f} ms")

@@ -7,11 +7,11 @@ import math
 import os
 import platform
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 
-from search.bench.points import FP32, RANDOM, SEARCH, UNIFORM, BenchPoint, BenchResult
+from search.bench.points import FP32, PEER, RANDOM, SEARCH, UNIFORM, BenchPoint, BenchResult
 
 _VERSIONED = ("squeezefit", "torch", "ultralytics", "torch-pruning", "onnxruntime", "openvino", "nncf", "optuna", "ray")
 
@@ -99,6 +99,8 @@ def run_bench(config, *, name: str, cache_path: Path, early_stop: bool = True, c
     from evaluators.accuracy import measure_accuracy
     from evaluators.registry import get_device
     from evaluators.vocabulary import UserError
+    from search.bench.peers import measure_peers
+    from search.front_timing import session_settings
     from search.guided import guided_starts
     from search.prepare import prepare
     from search.study import load_study
@@ -135,6 +137,15 @@ def run_bench(config, *, name: str, cache_path: Path, early_stop: bool = True, c
             f"[bench] FP32 baseline: p50 {prepared.baseline_latency_ms:.2f} ms, mAP50-95 {baseline.map50_95:.4f}",
             flush=True,
         )
+
+        start = time.perf_counter()
+        peers = measure_peers(ctx, get_device(config.device), session_settings(prepared.to_record(config)))
+        points += [
+            BenchPoint(PEER, p.label, p.map50_95, p.ratio * prepared.baseline_latency_ms, seconds=p.seconds)
+            for p in peers
+            if not p.skipped
+        ]
+        walls[PEER] = round(time.perf_counter() - start, 1)
 
         start = time.perf_counter()
         unbounded = replace(ctx, budget_ms=math.inf)  # uniform policies are fine-tuned whatever their latency
@@ -182,4 +193,5 @@ def run_bench(config, *, name: str, cache_path: Path, early_stop: bool = True, c
         wall_seconds=walls,
         studies=studies,
         storage=config.storage_url,
+        peers=tuple(asdict(p) for p in peers),
     )

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from search.bench.points import FP32, RANDOM, SEARCH, UNIFORM, BenchResult, check_targets
+from search.bench.peers import OLIVE, ONNX_INT8, OPENVINO, OPENVINO_INT8
+from search.bench.points import FP32, PEER, RANDOM, SEARCH, UNIFORM, BenchResult, check_targets
 from tests.conftest import REPO, run_cli
 
 SMOKE_BASELINE = REPO / "studies" / "baseline" / "yolo11n-digits.pt"
@@ -48,8 +49,16 @@ def test_bench_end_to_end_on_the_smoke_config(tmp_path):
     for p in searched:
         if p.policy_id in by_id and p.status == "complete":  # reused, not re-measured
             assert (p.map50_95, p.latency_ms) == (by_id[p.policy_id].map50_95, by_id[p.policy_id].latency_ms)
+    # The one-command peers: exported by Ultralytics, validated on their own files, timed in one session.
+    peers = bench.of(PEER)
+    assert {p.label for p in peers} == {ONNX_INT8, OPENVINO_INT8, OPENVINO}
+    assert all(0 < p.map50_95 <= 1 and p.latency_ms > 0 and p.seconds > 0 for p in peers)
+    details = {d["label"]: d for d in bench.peers}
+    assert details[OLIVE]["skipped"] and details[OPENVINO]["precision"] in ("bf16", "f32")
+    assert all(d["ratio_low"] <= d["ratio"] <= d["ratio_high"] for d in details.values() if not d["skipped"])
     text = report.read_text()
     assert "squeezefit bench studies/smoke.yaml --trials 7" in text and "## Targets" in text and "| 0.25·L0 |" in text
+    assert "## One-command peers" in text and f"skipped: {details[OLIVE]['skipped']}" in text
     assert report.with_suffix(".png").stat().st_size > 10_000
     for target in check_targets(bench):  # the verdicts printed are the ones the results give
         assert f"{'PASS' if target.passed else 'FAIL'}  {target.name}: {target.detail}" in result.stdout

@@ -66,6 +66,18 @@ def test_an_fp32_artifact_runs_fp32_on_the_device_and_in_accuracy(artifacts):
         assert set(compute_precisions(compiled)) == {"f32"}  # also where OpenVINO's default is bf16
 
 
+def test_a_file_opened_as_exported_runs_at_openvinos_default_precision(artifacts):
+    """What a user's own OpenVINO run gets (the bench's peers): bf16 where the CPU computes it, else f32; the
+    inputs are set by position, so an exporter's own input names do not matter."""
+    import numpy as np
+
+    fp32, _ = artifacts
+    inputs = {"any-name": np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ)).astype(np.float32)}
+    clock, precision = OpenVinoCpuDevice().open_as_exported(fp32, inputs)
+    assert precision == ("bf16" if NATIVE else "f32")
+    assert clock() > 0
+
+
 @needs_bf16
 def test_a_bf16_artifact_runs_bf16_with_its_fp32_nodes_kept(artifacts):
     _, bf16 = artifacts

@@ -10,6 +10,7 @@ import pytest
 
 from search.bench.points import (
     FP32,
+    PEER,
     RANDOM,
     SEARCH,
     UNIFORM,
@@ -73,8 +74,29 @@ def test_front_and_best_under_budget():
     assert speedup(2.0, 8.0) == 4.0 and retained(0.45, 0.5) == pytest.approx(0.9) and retained(0.3, 0.0) == 0.0
 
 
-def _result(search_points, random_points, uniform_points) -> BenchResult:
-    points = (P(FP32, "fp32", 0.50, 10.0), *uniform_points, *search_points, *random_points)
+PEERS = (
+    {
+        "label": "ultralytics openvino",
+        "command": "yolo export format=openvino imgsz=192 data=<bench data>",
+        "runtime": "openvino",
+        "skipped": "",
+        "map50_95": 0.495,
+        "ratio": 0.6,
+        "ratio_low": 0.58,
+        "ratio_high": 0.62,
+        "precision": "bf16",
+    },
+    {
+        "label": "olive static int8",
+        "command": "olive",
+        "runtime": "onnxruntime",
+        "skipped": "olive-ai is not installed",
+    },
+)
+
+
+def _result(search_points, random_points, uniform_points, peer_points=()) -> BenchResult:
+    points = (P(FP32, "fp32", 0.50, 10.0), *peer_points, *uniform_points, *search_points, *random_points)
     return BenchResult(
         name="bench-test",
         command="squeezefit bench studies/x.yaml --trials 9",
@@ -98,6 +120,7 @@ def _result(search_points, random_points, uniform_points) -> BenchResult:
         wall_seconds={FP32: 10.0, UNIFORM: 60.0, SEARCH: 300.0, RANDOM: 240.0},
         studies={SEARCH: "bench-test-tpe", RANDOM: "bench-test-random"},
         storage="sqlite:///x.db",
+        peers=PEERS if peer_points else (),
     )
 
 
@@ -113,24 +136,34 @@ def _winning_result() -> BenchResult:
         P(SEARCH, "trial 9", 0.49, 4.5, "pruned"),
     ]
     rand = [
-        P(RANDOM, "trial 7", 0.40, 4.0),
-        P(RANDOM, "prune-0.75-int8", 0.30, 2.0),
+        P(RANDOM, "trial 7", 0.25, 2.0),
         P(RANDOM, "trial 8", 0.2, 6.0, "infeasible"),
     ]
-    return _result(search, rand, uniform)
+    peers = [P(PEER, "ultralytics openvino", 0.495, 6.0), P(PEER, "ultralytics onnx int8", 0.45, 9.0)]
+    return _result(search, rand, uniform, peers)
 
 
 def test_targets_pass_and_fail_as_measured():
     targets = check_targets(_winning_result())
-    assert [t.passed for t in targets] == [True, True, True, True, True], targets
+    assert [t.passed for t in targets] == [True] * 9, targets
     assert "98.0%" in targets[0].detail and "trial 7" in targets[0].detail
-    # Search no better than uniform at 0.25·L0 (2.5 ms) and its front no larger than random's.
+    assert targets[7].detail == "trial 7 0.4900 at 3.00 ms vs ultralytics openvino 0.4950 at 6.00 ms"
+    # Search no better than uniform anywhere, its front no larger than random's, a peer faster and better.
     losing = _result(
-        [P(SEARCH, "trial 7", 0.30, 2.0)], [P(RANDOM, "trial 7", 0.30, 2.0)], [P(UNIFORM, "prune-0.75-int8", 0.30, 2.0)]
+        [P(SEARCH, "trial 7", 0.30, 2.0)],
+        [P(RANDOM, "trial 7", 0.30, 2.0)],
+        [P(UNIFORM, "prune-0.75-int8", 0.30, 2.0)],
+        [P(PEER, "ultralytics openvino", 0.49, 1.9)],
     )
-    passed = [t.passed for t in check_targets(losing)]
-    assert passed == [False, False, False, False, False]
-    assert not check_targets(_result([], [], []))[1].passed  # nothing fits: fail, not a crash
+    targets = check_targets(losing)
+    assert [t.passed for t in targets] == [False] * 9
+    assert "ultralytics openvino (0.4900, 1.90 ms) over trial 7" in targets[6].detail
+    # A front point at 95% of M0 that is slower than a peer there fails the speed target only.
+    slower = _result([P(SEARCH, "trial 7", 0.49, 3.0)], [], [], [P(PEER, "ultralytics openvino", 0.48, 2.5)])
+    assert [t.passed for t in check_targets(slower)][6:8] == [True, False]
+    nothing = check_targets(_result([], [], []))
+    assert not any(t.passed for t in nothing)  # nothing fits, no peer: fail, not a crash
+    assert nothing[6].detail == "no peer was measured"
 
 
 def test_report_has_the_headline_figures(tmp_path):
@@ -140,7 +173,7 @@ def test_report_has_the_headline_figures(tmp_path):
     hv_search = hypervolume(result.of(SEARCH), 5.0)
     hv_random = hypervolume(result.of(RANDOM), 5.0)
     for needle in (
-        "Targets passed: **5/5**",
+        "Targets passed: **9/9**",
         "L0 = 10.000 ms",
         "M0 = 0.5000",
         "squeezefit bench studies/x.yaml --trials 9",
@@ -152,6 +185,10 @@ def test_report_has_the_headline_figures(tmp_path):
         f"{hv_search / hv_random:.2f}x",
         "| PASS |",
         "| uniform | prune-0.5-int8 | 4.000 | 2.50x | 0.4400 | 88.0% |",
+        "| one-command peer | ultralytics openvino | 6.000 | 1.67x | 0.4950 | 99.0% |",
+        "| ultralytics openvino | `yolo export format=openvino imgsz=192 data=<bench data>` | openvino (bf16) | 6.000 | "
+        "1.67x (1.61-1.72) | 0.4950 | 99.0% |",
+        "| olive static int8 | `olive` | onnxruntime | skipped: olive-ai is not installed | | | |",
         "![",
     ):
         assert needle in text, needle
