@@ -117,6 +117,8 @@ def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
             "space",
             "starts",
             "recover_epochs",
+            "scheduler",
+            "asha_reduction_factor",
         )
     }
     digest = hashlib.sha256(json.dumps({**settings, "storage": config.storage_url}, sort_keys=True).encode())

@@ -132,12 +132,7 @@ def recover_trial(study, number: int, ctx: TrialContext, settings: RecoverySetti
         return stored
     attrs = source.user_attrs
     policy = Policy.from_dict(attrs["policy"])
-    out = Path(ctx.outdir) / policy.policy_id / settings.tag()
-    done = out / "result.json"
-    if done.is_file():
-        result = TrialResult.from_dict(json.loads(done.read_text()))
-    else:
-        result = _recover(policy, attrs, ctx, settings, out)
+    result = recover_policy(policy, attrs, ctx, settings)
     extra = {
         RECOVERED_ATTR: number,
         "recovery": {
@@ -156,7 +151,13 @@ def recover_trial(study, number: int, ctx: TrialContext, settings: RecoverySetti
     return _add_trial(study, ctx.space.replay(policy), result, extra, ctx.budget_ms)
 
 
-def _recover(policy: Policy, attrs: dict, ctx: TrialContext, settings: RecoverySettings, out: Path) -> TrialResult:
+def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: RecoverySettings) -> TrialResult:
+    """The recovery of `policy` from its evaluated result `attrs` (`TrialResult.to_dict()`: weights, macs, params);
+    reused from `<outdir>/<policy_id>/<settings.tag()>/result.json` when it was done before."""
+    out = Path(ctx.outdir) / policy.policy_id / settings.tag()
+    done = out / "result.json"
+    if done.is_file():
+        return TrialResult.from_dict(json.loads(done.read_text()))
     out.mkdir(parents=True, exist_ok=True)
     watch = Stopwatch()
     device = get_device(ctx.device)

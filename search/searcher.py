@@ -71,10 +71,10 @@ def searcher_class():
                 self._failed.add(trial_id)  # told by `fail` with the reason, or at the end by `fail_unfinished`
                 return
             self._completed_trials.add(trial_id)
-            if not result or "result" not in result:
+            outcome = final_or_interim(result)
+            if outcome is None:
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
                 return
-            outcome = TrialResult.from_dict(json.loads(result["result"]))
             for key, value in outcome.to_dict().items():
                 ot_trial.set_user_attr(key, value)
             ot_trial.set_constraint("latency_budget", outcome.latency_ms - self._budget_ms)
@@ -103,6 +103,15 @@ def searcher_class():
                     self._ot_study.tell(ot_trial, state=TrialState.FAIL)
 
     return StudySearcher
+
+
+def final_or_interim(result: dict | None) -> TrialResult | None:
+    """The trial's result from its last report: the scored one ("result"), or, for a trial a scheduler stopped
+    after an epoch, the PRUNED result it stood as then ("interim"); None when the report has neither."""
+    for key in ("result", "interim"):
+        if result and key in result:
+            return TrialResult.from_dict(json.loads(result[key]))
+    return None
 
 
 def lost_device(error: BaseException | None) -> bool:
@@ -186,7 +195,8 @@ def failure_callback(searcher):
 def progress_callback(total: int, budget_ms: float, start: float):
     """A Ray Tune callback printing one line per finished trial: n/`total`, its scores, the best feasible, an ETA.
 
-    start: `time.perf_counter()` when the search began (the ETA extrapolates from it).
+    start: `time.perf_counter()` when the search began (the ETA extrapolates from it). A trial a scheduler
+    stopped after an epoch is a line too, as "pruned".
     """
     from ray.tune import Callback
 
@@ -197,11 +207,11 @@ def progress_callback(total: int, budget_ms: float, start: float):
         def on_trial_error(self, iteration, trials, trial, **info):
             self.done += 1  # `failure_callback` says why
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if "result" not in result:
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = final_or_interim(trial.last_result)
+            if r is None:
                 return
             self.done += 1
-            r = TrialResult.from_dict(json.loads(result["result"]))
             if (
                 r.status == "complete"
                 and r.latency_ms <= budget_ms

@@ -16,6 +16,7 @@ import yaml
 from evaluators.paths import studies_dir
 from evaluators.vocabulary import UserError
 from search.samplers import SAMPLERS
+from search.scheduler import SCHEDULERS
 
 # Objective -> its Optuna direction.
 OBJECTIVES = {"map50_95": "maximize", "latency_ms": "minimize", "size_mb": "minimize"}
@@ -47,6 +48,9 @@ class StudyConfig:
     starts: what is enqueued before the sampler proposes: "guided" (the uniform reference
     policies plus the guided starts of `search.guided`, measured on the device when the study
     is created) or "references" (the uniform reference policies only).
+    scheduler: "fifo" (every trial within the budget fine-tunes its epochs, unless early stopping finds it dominated)
+    or "asha" (Ray Tune's ASHA stops the less promising after 1, rf, rf², ... epochs; `search.scheduler`), with
+    rf = asha_reduction_factor.
     recover_epochs: after the search, recover the best policy under the budget this many epochs on the whole train
     split (`search.recover`) before it is exported; 0: export it as the search left it.
     """
@@ -78,6 +82,8 @@ class StudyConfig:
     space: str = "per-unit"
     starts: str = "guided"
     recover_epochs: int = 0
+    scheduler: str = "fifo"
+    asha_reduction_factor: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -102,6 +108,10 @@ class StudyConfig:
             problems.append(f"imgsz must be a multiple of 32 between 32 and 2048, got {self.imgsz}")
         if self.space not in SPACES:
             problems.append(f"unknown space {self.space!r} (choose from {', '.join(SPACES)})")
+        if self.scheduler not in SCHEDULERS:
+            problems.append(f"unknown scheduler {self.scheduler!r} (choose from {', '.join(SCHEDULERS)})")
+        if self.asha_reduction_factor < 2:
+            problems.append(f"asha_reduction_factor must be at least 2, got {self.asha_reduction_factor}")
         if self.starts not in STARTS:
             problems.append(f"unknown starts {self.starts!r} (choose from {', '.join(STARTS)})")
         if self.pruning_round_to is not None and self.pruning_round_to < 1:

@@ -160,12 +160,19 @@ def build_deployed(model, policy: Policy, ctx: TrialContext, recipe: Int8Recipe,
 
 
 def evaluate_policy(
-    policy: Policy, ctx: TrialContext, *, should_stop: Callable[[int, float, float], bool] | None = None
+    policy: Policy,
+    ctx: TrialContext,
+    *,
+    should_stop: Callable[[int, float, float], bool] | None = None,
+    report_epoch: Callable[[int, float, TrialResult], None] | None = None,
 ) -> TrialResult:
     """Run the trial flow for `policy`; reuse a finished result of the same policy in `ctx.outdir`.
 
     should_stop(epoch, val_map50_95, latency_ms) is asked after each fine-tune epoch; True
     stops the fine-tune and the trial ends as "pruned".
+    report_epoch(epoch, val_map50_95, interim) is called after each fine-tune epoch but the last that goes on: `interim`
+    is the "pruned" result the trial stands as should a scheduler stop it there (`search.scheduler`; the call
+    may block while it decides, and not return).
     """
     out = Path(ctx.outdir) / policy.policy_id
     done = out / "result.json"
@@ -208,8 +215,17 @@ def evaluate_policy(
         )
         return save_result(result, done)
 
+    maps: list[float] = []
+
     def on_epoch(epoch: int, value: float) -> bool:
-        return bool(should_stop and should_stop(epoch, value, latency.latency_ms))
+        maps.append(value)
+        if should_stop and should_stop(epoch, value, latency.latency_ms):
+            return True
+        if report_epoch is not None and epoch < policy.distillation.epochs:  # after the last, the scored result
+            reason = f"stopped by the scheduler after epoch {epoch}: val mAP50-95 {value:.4f}"
+            interim = dict(map50_95=value, map50=0.0, epoch_maps=tuple(maps), artifact=str(screen.path))
+            report_epoch(epoch, value, TrialResult(status="pruned", **common, **screened, **interim, reason=reason))
+        return False
 
     data_yaml = subset_data_yaml(Path(ctx.data_yaml), "train", ctx.train_images, out)
     data_yaml = subset_data_yaml(data_yaml, "val", ctx.val_images, out)

@@ -22,16 +22,17 @@ import os
 import time
 from dataclasses import dataclass, replace
 
-import optuna
 from optuna.trial import TrialState
 
 from evaluators.environment import ensure_offline
 from evaluators.vocabulary import UserError
 from search.cluster import check_shared, where_this_runs
 from search.samplers import make_sampler
+from search.scheduler import SCORE, asha_scheduler, front_map_at, no_score, score
 from search.searcher import define_by_run, failure_callback, progress_callback, searcher_class, trial_policy
 from search.study import OBJECTIVES, StudyConfig, create_study, load_study, open_storage, study_exists
 from search.trial import TrialContext, evaluate_policy
+from search.trial_result import TrialResult
 
 # Optimistic mAP gain a trial may still make per remaining fine-tune epoch, and the margin
 # by which a PyTorch val mAP may exceed the artifact's; a trial below the best known mAP at
@@ -58,21 +59,19 @@ def metrics(config: StudyConfig) -> tuple[list[str], list[str]]:
 
 def dominated_at(study_name: str, storage_url: str, epoch: int, epochs: int, value: float, latency_ms: float) -> bool:
     """True if a finished feasible trial at equal or lower latency beats `value` by more than the trial can still gain."""
-    study = optuna.load_study(study_name=study_name, storage=storage_url)
-    best = max(
-        (
-            t.values[0]
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values and t.values[1] <= latency_ms and all(c <= 0 for c in t.constraints.values())
-        ),
-        default=None,
-    )
+    best = front_map_at(study_name, storage_url, latency_ms)
     headroom = EARLY_STOP_MARGIN + EARLY_STOP_GAIN_PER_EPOCH * (epochs - epoch)
     return best is not None and value + headroom < best
 
 
-def run_trial(config: dict, ctx: TrialContext, study_name: str, storage_url: str, early_stop: bool) -> None:
-    """The Ray Tune function: one policy from Optuna's parameters, evaluated, reported once."""
+def run_trial(
+    config: dict, ctx: TrialContext, study_name: str, storage_url: str, early_stop: bool, scheduled: bool = False
+) -> None:
+    """The Ray Tune function: one policy from Optuna's parameters, evaluated, its scored result reported.
+
+    scheduled: a scheduler (`search.scheduler`) ranks the trial after every fine-tune epoch: each epoch is
+    reported too, with the result the trial stands as (PRUNED) should the scheduler stop it there.
+    """
     from ray import tune
 
     ensure_offline()  # a worker process may live on another machine
@@ -84,17 +83,23 @@ def run_trial(config: dict, ctx: TrialContext, study_name: str, storage_url: str
             study_name, storage_url, epoch, policy.distillation.epochs, value, latency_ms
         )
 
-    result = evaluate_policy(policy, ctx, should_stop=should_stop)
+    def report_epoch(epoch: int, value: float, interim: TrialResult) -> None:
+        interim = replace(interim, trained_on=where_this_runs())
+        rank = score(value, front_map_at(study_name, storage_url, interim.latency_ms))
+        tune.report({**_metrics(interim), SCORE: rank, "interim": json.dumps(interim.to_dict())})
+
+    result = evaluate_policy(policy, ctx, should_stop=should_stop, report_epoch=report_epoch if scheduled else None)
     result = replace(result, trained_on=where_this_runs())
-    tune.report(
-        {
-            "map50_95": result.map50_95,
-            "latency_ms": result.latency_ms,
-            "size_mb": result.size_mb,
-            "status": result.status,
-            "result": json.dumps(result.to_dict()),
-        }
-    )
+    tune.report({**_metrics(result), SCORE: no_score(), "result": json.dumps(result.to_dict())})
+
+
+def _metrics(result: TrialResult) -> dict:
+    return {
+        "map50_95": result.map50_95,
+        "latency_ms": result.latency_ms,
+        "size_mb": result.size_mb,
+        "status": result.status,
+    }
 
 
 def _time_front_together(name: str, storage_url: str) -> None:
@@ -193,8 +198,9 @@ def run_search(
         )
     failures = failure_callback(searcher)
     try:
+        scheduled = config.scheduler == "asha" and ctx.space.max_epochs > 1
         trainable = tune.with_parameters(
-            run_trial, ctx=ctx, study_name=name, storage_url=storage_url, early_stop=early_stop
+            run_trial, ctx=ctx, study_name=name, storage_url=storage_url, early_stop=early_stop, scheduled=scheduled
         )
         # Fine-tuning uses the trial's share of the cores (one CPU on a cluster); latency is timed at the device's
         # own threads, on the device's node.
@@ -209,6 +215,7 @@ def run_search(
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
                 reuse_actors=True,
+                scheduler=asha_scheduler(ctx.space.max_epochs, config.asha_reduction_factor) if scheduled else None,
             ),
             run_config=tune.RunConfig(
                 name=name,

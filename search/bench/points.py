@@ -47,7 +47,8 @@ class BenchPoint:
     latency_ms: p50 on the bench device; map50_95: of the deployed artifact. status:
     "complete" (deployed artifact scored, within the contender's budget), "infeasible"
     (over the search budget) or "pruned" (fine-tune stopped early). Only complete points
-    enter fronts, hypervolumes and budget tables. seconds: the policy's measured compute.
+    enter fronts, hypervolumes and budget tables. seconds: the policy's measured compute (for a
+    recovered point: the recovery's).
     """
 
     contender: str
@@ -57,6 +58,7 @@ class BenchPoint:
     status: str = "complete"
     policy_id: str = ""
     seconds: float = 0.0
+    recovered: bool = False  # a contender's best under a budget after `search.recover` (not in hypervolumes)
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,11 @@ def hypervolume(points: Iterable[BenchPoint], budget_ms: float) -> float:
     """Hypervolume of a contender's complete points within `budget_ms`, reference (budget_ms, mAP 0).
 
     Only the region the searches were asked to cover counts: they never fine-tune a
-    policy over the budget, so points beyond it would favour the uniform set.
+    policy over the budget, so points beyond it would favour the uniform set. Recovered points
+    are left out: the hypervolume compares what the samplers found at equal trials.
     """
-    return hypervolume_2d(((p.latency_ms, p.map50_95) for p in front(points, budget_ms)), (budget_ms, 0.0))
+    searched = [p for p in points if not p.recovered]
+    return hypervolume_2d(((p.latency_ms, p.map50_95) for p in front(searched, budget_ms)), (budget_ms, 0.0))
 
 
 def best_under(points: Iterable[BenchPoint], budget_ms: float) -> BenchPoint | None:

@@ -94,6 +94,15 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         f"early stopping {'on' if result.early_stop else 'off'} for both, no time limit; studies "
         + ", ".join(f"`{s}`" for s in result.studies.values())
         + f" in `{result.storage}`",
+        *(
+            [
+                f"- Recovery: the best uniform and the best searched policy under each budget of the table below were "
+                f"fine-tuned {cfg['recover_epochs']} more epochs on the whole train split, distilled from the baseline "
+                "(`squeezefit recover`), and are shown as `<policy> recovered`; hypervolumes leave recovered points out"
+            ]
+            if cfg.get("recover_epochs")
+            else []
+        ),
         "",
         "Fairness: every contender runs on the same device in the same process, with the same fine-tune budget per "
         "candidate. Both searches start from the same enqueued reference policies (FP32, all-INT8, all-FP16, uniform "

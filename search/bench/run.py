@@ -75,6 +75,36 @@ def study_points(contender: str, study) -> list[BenchPoint]:
     return points
 
 
+def recover_bests(points: list[BenchPoint], ctx, epochs: int, baseline_ms: float, *, log=print) -> list[BenchPoint]:
+    """The uniform set's and the search's best point under each of `BUDGET_FRACTIONS` x L0, recovered `epochs`
+    epochs on the whole train split (`search.recover`; one recovery per policy), as recovered points."""
+    import json
+
+    from search.bench.points import BUDGET_FRACTIONS, best_under
+    from search.recover import RecoverySettings, recover_policy
+    from spaces.policy import Policy
+
+    settings, done, recovered = RecoverySettings(epochs=epochs), set(), []
+    for fraction in BUDGET_FRACTIONS:
+        for contender in (UNIFORM, SEARCH):
+            best = best_under([p for p in points if p.contender == contender], fraction * baseline_ms)
+            if best is None or (contender, best.policy_id) in done:
+                continue
+            done.add((contender, best.policy_id))
+            attrs = json.loads((Path(ctx.outdir) / best.policy_id / "result.json").read_text())
+            result = recover_policy(Policy.from_dict(attrs["policy"]), attrs, ctx, settings)
+            point = replace(
+                _point(contender, f"{best.label} recovered", result), policy_id=best.policy_id, recovered=True
+            )
+            log(
+                f"[bench] {contender} {best.label} recovered ({epochs} epochs): mAP50-95 {best.map50_95:.4f} -> "
+                f"{point.map50_95:.4f} at {point.latency_ms:.2f} ms ({point.seconds / 60:.1f} min)",
+                flush=True,
+            )
+            recovered.append(point)
+    return recovered
+
+
 def versions() -> dict:
     found = {"python": platform.python_version()}
     for name in _VERSIONED:
@@ -170,6 +200,11 @@ def run_bench(config, *, name: str, cache_path: Path, early_stop: bool = True, c
             )
             walls[contender] = round(time.perf_counter() - start, 1)
             points += study_points(contender, load_study(studies[contender], config.storage_url))
+        if config.recover_epochs:
+            recovered = recover_bests(points, ctx, config.recover_epochs, prepared.baseline_latency_ms)
+            points += recovered
+            for point in recovered:
+                walls[point.contender] = round(walls[point.contender] + point.seconds, 1)
     threads = {
         "device": prepared.fingerprint.get("settings", {}).get("intra_op_threads"),
         "torch": torch.get_num_threads(),

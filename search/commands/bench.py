@@ -28,7 +28,10 @@ per epoch with its validation, plus ~15 s of pruning, timing, INT8 calibration a
 scoring), a policy screened out by the budget ~10 s; preparation, the FP32 baseline and the
 uniform set take 6-11 min. With the default {DEFAULT_TRIALS} trials per search (14 sampled each)
 the bench ends in ~30-55 min, ~85 min if every sampled policy is fine-tuned for 3 epochs
-at the slow end. studies/smoke.yaml --trials 7 ends in ~3 min.
+at the slow end; the one-command peers add ~1 min. Recovery (`recover_epochs`, 10 in
+studies/default.yaml) adds ~70 s per epoch for each distinct best policy recovered (at most
+six: uniform and search under 0.5, 0.33 and 0.25 x L0); --recover-epochs 0 leaves it out.
+studies/smoke.yaml --trials 7 ends in ~3 min.
 """
 
 
@@ -50,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--report", type=Path, help="markdown report path; the PNG and JSON go beside it (default <out>/bench.md)"
     )
     parser.add_argument("--no-early-stop", action="store_true", help="never stop a fine-tune early, in both searches")
+    parser.add_argument(
+        "--recover-epochs",
+        type=int,
+        metavar="N",
+        help="recover the best uniform and searched policy under each budget N epochs on the whole train split "
+        "(default: the config's recover_epochs; 0: none)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from search.commands import add_config_argument, add_storage_argument, config_overrides
 from search.samplers import SAMPLERS
+from search.scheduler import SCHEDULERS
 from search.study import SPACES, STARTS
 
 HELP = "Search compression policies for a model against a device's latency budget."
@@ -44,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--address", help="run on this Ray cluster (HOST:PORT, or auto for RAY_ADDRESS); default: a local Ray"
+    )
+    parser.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        help="fifo (every trial fine-tunes its epochs) or asha (Ray Tune's ASHA stops the less promising after "
+        "1, 3, 9 ... epochs)",
     )
     parser.add_argument(
         "--recover-epochs",

@@ -28,20 +28,22 @@ def test_bench_end_to_end_on_the_smoke_config(tmp_path):
         f"sqlite:///{tmp_path}/studies.db",
         "--report",
         str(report),
+        "--recover-epochs",
+        "1",
     ]
     result = run_cli(args, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     bench = BenchResult.from_dict(json.loads(report.with_suffix(".json").read_text()))
     assert bench.trials == 7 and bench.early_stop and (out / "latency-cache.sqlite").is_file()  # timed in this run
     assert bench.baseline_latency_ms > 0 and bench.of(FP32)[0].map50_95 == bench.baseline_map
-    uniform = bench.of(UNIFORM)
+    uniform = [p for p in bench.of(UNIFORM) if not p.recovered]
     # every reference policy but fp32 (all-<p> for each precision the device offers, three prunings), plus
     # pruning 0.5 without distillation; which precisions ort-cpu offers is decided by its probe on this CPU
     offered = [p for p in ("int8", "bf16", "fp16") if p in bench.fingerprint["settings"]["precisions"]]
     references = 1 + len(offered) + 3
     assert len(uniform) == references - 1 + 1 and all(p.status == "complete" and p.seconds > 0 for p in uniform)
     assert math.isclose(bench.budget_ms, 0.7 * bench.baseline_latency_ms, rel_tol=1e-6)
-    searched, rand = bench.of(SEARCH), bench.of(RANDOM)
+    searched, rand = [p for p in bench.of(SEARCH) if not p.recovered], bench.of(RANDOM)
     assert len(searched) == len(rand) == 7
     refs = lambda points: {(p.label, p.policy_id) for p in points if not p.label.startswith("trial ")}  # noqa: E731
     assert refs(searched) == refs(rand) and len(refs(searched)) == references  # the same enqueued references
@@ -49,6 +51,12 @@ def test_bench_end_to_end_on_the_smoke_config(tmp_path):
     for p in searched:
         if p.policy_id in by_id and p.status == "complete":  # reused, not re-measured
             assert (p.map50_95, p.latency_ms) == (by_id[p.policy_id].map50_95, by_id[p.policy_id].latency_ms)
+    # Recovery: the best uniform and searched policy under each budget, one recovery per policy, scores kept
+    # apart from the hypervolume.
+    recovered = [p for p in bench.points if p.recovered]
+    assert recovered and {p.contender for p in recovered} <= {UNIFORM, SEARCH}
+    assert len({(p.contender, p.policy_id) for p in recovered}) == len(recovered)
+    assert all(p.label.endswith(" recovered") and p.seconds > 0 for p in recovered)
     # The one-command peers: exported by Ultralytics, validated on their own files, timed in one session.
     peers = bench.of(PEER)
     assert {p.label for p in peers} == {ONNX_INT8, OPENVINO_INT8, OPENVINO}

@@ -99,21 +99,3 @@ def test_recover_user_errors_leave_the_study_alone(smoke_study, study_copy, caps
     assert "only a complete trial" in err and "no finished trial number 999" in err
     assert "at least 1 epoch" in err and "fits a 0.00 ms budget" in err
     assert len(load_study(smoke_study.name, study_copy).trials) == before
-
-
-def test_search_recovers_its_best_policy_before_exporting_it(smoke_study, study_copy, tmp_path):
-    from tests.conftest import run_cli
-
-    study = load_study(smoke_study.name, study_copy)
-    best = int(best_under(trials_table(study), study_record(study)["budget_ms"])["trial"])
-    best = study.trials[best].user_attrs.get("recovered_from", best)  # a recovered best stands for its source
-    before = len(study.trials)
-    # A finished study resumed runs no trial; then its best policy under the budget is recovered and exported.
-    args = ["search", "studies/smoke.yaml", "--study", smoke_study.name, "--storage", study_copy, "--resume"]
-    result = run_cli([*args, "--recover-epochs", "1", "--out", str(tmp_path)], smoke_study.home)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    study = load_study(smoke_study.name, study_copy)
-    recovered = [t for t in study.trials[before:] if t.user_attrs.get("recovered_from") == best]
-    assert len(recovered) == 1 and recovered[0].user_attrs["recovery"]["train_images_used"] > 32
-    assert f"recovered as trial {recovered[0].number}" in result.stdout
-    assert json.loads((tmp_path / "best" / "card.json").read_text())["trial"] == recovered[0].number

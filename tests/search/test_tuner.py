@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from search.scheduler import SCORE, asha_scheduler, no_score, score
 from search.searcher import define_by_run, failure_callback, searcher_class
 from search.trial_result import TrialResult
 from search.tuner import dominated_at
@@ -74,7 +75,7 @@ def _loses_the_device(config):
     raise DeviceUnavailable("no node of the Ray cluster holds 'device:ort-cpu'; start one.")
 
 
-def _tune(trainable, searcher, storage, samples: int, retries: int = 0):
+def _tune(trainable, searcher, storage, samples: int, retries: int = 0, scheduler=None):
     """A real Ray Tune run of `trainable` with `searcher` and its failure callback; the callback."""
     import ray
     from ray import tune
@@ -84,7 +85,9 @@ def _tune(trainable, searcher, storage, samples: int, retries: int = 0):
     try:
         tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=samples, max_concurrent_trials=1),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=samples, max_concurrent_trials=1, scheduler=scheduler
+            ),
             run_config=tune.RunConfig(
                 storage_path=str(storage),
                 verbose=0,
@@ -190,3 +193,37 @@ def test_a_reference_outside_a_narrowed_range_replays_quietly_as_itself():
         policy = trial_policy(space, space.to_params(reference))
     assert policy == reference
     assert policy.pruning["model.4"] == 0.5
+
+
+def _fine_tunes(config, seen, scores):
+    """Like `search.tuner.run_trial` with a scheduler: one report after epoch 1 of 2 (the result it would stand as),
+    then the scored result; the n-th trial's val mAP is scores[n]; `seen` records what each trial got to do."""
+    from ray import tune
+
+    n = len(list(seen.glob("started-*")))
+    (seen / f"started-{n}").touch()
+    value = scores[n]
+    interim = TrialResult("pruned", "abc", {}, value, 0.0, 0.8, 0.8, 1.0, 1, 1, {}, reason="stopped after epoch 1")
+    metrics = {"map50_95": value, "latency_ms": 0.8, "size_mb": 1.0, "status": "pruned"}
+    tune.report({**metrics, SCORE: score(value, None), "interim": json.dumps(interim.to_dict())})
+    (seen / f"went-on-{n}").touch()  # a stopped trial never gets here: the report above does not return
+    tune.report({**_result("complete", value, 0.8), SCORE: no_score()})
+
+
+def test_asha_stops_the_less_promising_after_an_epoch_and_they_are_pruned(tmp_path):
+    from ray import tune
+
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    searcher = _searcher()
+    scheduler = asha_scheduler(max_epochs=2, reduction_factor=3)
+    trainable = tune.with_parameters(_fine_tunes, seen=seen, scores=[0.5, 0.1, 0.6, 0.05])
+    _tune(trainable, searcher, tmp_path / "ray", samples=4, scheduler=scheduler)
+    trials = searcher._ot_study.trials
+    states = [t.state for t in trials]
+    # Rung 1 (after epoch 1) keeps a trial in the top third of the scores recorded there so far.
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED]
+    assert sorted(p.name for p in seen.glob("went-on-*")) == ["went-on-0", "went-on-2"]
+    for t in (trials[1], trials[3]):
+        assert t.values is None and t.user_attrs["status"] == "pruned" and t.user_attrs["reason"]
+    assert trials[2].values == [0.6, 0.8]
