@@ -12,7 +12,8 @@ comparable with every other trial of the study.
 
 The result is stored as a new COMPLETE trial of the same study, at the source trial's
 parameters (it is the same point of the space, better trained; `SearchSpace.replay`), its own scores, and the
-user attributes `recovered_from` (the source trial's number) and `recovery`: the settings,
+user attributes `recovered_from` (the source trial's number) and `recovery`; its policy (and
+policy id) is the source's with the recovery's fine-tune settings. The recovery's attributes: the settings,
 the source's mAP (`map_before`), the per-epoch val mAP (the epoch curve, PyTorch), the
 train images used and the wall seconds it cost. `front` marks such points, `export` exports
 them like any trial, and the card shows the before/after. Recovering the same trial with
@@ -177,6 +178,7 @@ def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: Rec
         flush=True,
     )
     tuned = finetune(student, ctx.checkpoint, distillation, data_yaml, imgsz=ctx.imgsz, seed=ctx.seed, workdir=out)
+    recovered = replace(policy, distillation=distillation)  # its own policy: the same point, fine-tuned further
     watch.lap("finetune")
     weights = out / "model.pt"
     tuned.model.names = baseline.names
@@ -188,8 +190,8 @@ def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: Rec
     watch.lap("validate")
     result = TrialResult(
         status="complete",
-        policy_id=policy.policy_id,
-        policy=replace(policy, distillation=distillation).to_dict(),
+        policy_id=recovered.policy_id,
+        policy=recovered.to_dict(),
         map50_95=acc.map50_95,
         map50=acc.map50,
         latency_ms=latency.latency_ms,
