@@ -42,6 +42,7 @@ from search.trial import TrialContext, build_deployed, prune, time_artifact, val
 from search.trial_result import Stopwatch, TrialResult, save_result, size_mb
 from spaces.distillation import DistillationSettings, finetune
 from spaces.policy import Policy
+from spaces.pruning import IterativePruning
 
 RECOVERED_ATTR = "recovered_from"
 
@@ -53,17 +54,26 @@ class RecoverySettings:
     epochs: fine-tune epochs (> 0). train_images: the first N train images (None: the whole
     split). lr0: AdamW initial learning rate (None: the source policy's). weight: the
     distillation loss weight, Ultralytics' `dis` (None: the source policy's when it
-    distilled, else the default).
+    distilled, else the default). prune_steps: 1 continues the trial's fine-tuned weights; k > 1
+    starts again from the baseline and prunes toward the policy in k steps with the epochs split
+    between them ("prune some, fine-tune, prune again"; `spaces.pruning.IterativePruning`), at the
+    cost of k pruning passes (seconds each) and the same epochs.
     """
 
     epochs: int = 10
     train_images: int | None = None
     lr0: float | None = None
     weight: float | None = None
+    prune_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise UserError(f"recovery needs at least 1 epoch, got {self.epochs}.")
+        if not 1 <= self.prune_steps <= self.epochs:
+            raise UserError(
+                f"recovery prunes in 1 to its {self.epochs} epochs' steps (one epoch after each at least), "
+                f"got {self.prune_steps} steps."
+            )
         if self.train_images is not None and self.train_images < 1:
             raise UserError(f"recovery needs at least 1 train image, got {self.train_images}.")
 
@@ -72,6 +82,7 @@ class RecoverySettings:
         parts = [f"recovered-{self.epochs}e", str(self.train_images or "all")]
         parts += [f"lr{self.lr0:g}"] if self.lr0 is not None else []
         parts += [f"dis{self.weight:g}"] if self.weight is not None else []
+        parts += [f"steps{self.prune_steps}"] if self.prune_steps > 1 else []
         return "-".join(parts)
 
     def distillation(self, source: DistillationSettings) -> DistillationSettings:
@@ -140,7 +151,7 @@ def recover_trial(study, number: int, ctx: TrialContext, settings: RecoverySetti
             "tag": settings.tag(),
             **asdict(settings),
             "train_images_used": train_count(ctx, settings),
-            "started_from": "the trial's weights" if attrs.get("weights") else "the pruned baseline",
+            "started_from": _started_from(attrs, settings),
             "map_before": attrs["map50_95"],
             "map50_before": attrs["map50"],
             "epoch_maps": list(result.epoch_maps),
@@ -164,26 +175,30 @@ def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: Rec
     device = get_device(ctx.device)
     recipe = device.recipe_for(policy.recipe)
     baseline = load_baseline(ctx.checkpoint)
-    if attrs.get("weights"):
-        student = torch.load(attrs["weights"], map_location="cpu", weights_only=False)
-    else:  # a policy the search did not fine-tune (e.g. unpruned): start from its pruned baseline
-        student = prune(baseline, policy, ctx).model
-    watch.lap("load")
     data_yaml = subset_data_yaml(Path(ctx.data_yaml), "train", settings.train_images, out)
     data_yaml = subset_data_yaml(data_yaml, "val", ctx.val_images, out)
     distillation = settings.distillation(policy.distillation)
     print(
         f"  recovering {policy.policy_id}: {distillation.epochs} epochs on {train_count(ctx, settings)} train images, "
-        f"distilled from the baseline (dis {distillation.weight:g}, lr0 {distillation.lr0:g})",
+        f"distilled from the baseline (dis {distillation.weight:g}, lr0 {distillation.lr0:g})"
+        + (f", pruned from the baseline in {settings.prune_steps} steps" if settings.prune_steps > 1 else ""),
         flush=True,
     )
-    tuned = finetune(student, ctx.checkpoint, distillation, data_yaml, imgsz=ctx.imgsz, seed=ctx.seed, workdir=out)
+    if settings.prune_steps > 1:
+        tuned_model, epoch_maps = _prune_iteratively(baseline, policy, ctx, settings, distillation, data_yaml, out)
+    else:
+        if attrs.get("weights"):
+            student = torch.load(attrs["weights"], map_location="cpu", weights_only=False)
+        else:  # a policy the search did not fine-tune (e.g. unpruned): start from its pruned baseline
+            student = prune(baseline, policy, ctx).model
+        tuned = finetune(student, ctx.checkpoint, distillation, data_yaml, imgsz=ctx.imgsz, seed=ctx.seed, workdir=out)
+        tuned_model, epoch_maps = tuned.model, tuned.epoch_maps
     recovered = replace(policy, distillation=distillation)  # its own policy: the same point, fine-tuned further
     watch.lap("finetune")
     weights = out / "model.pt"
-    tuned.model.names = baseline.names
-    torch.save(tuned.model, weights)
-    artifact = build_deployed(tuned.model, policy, ctx, recipe, out / "model.onnx")
+    tuned_model.names = baseline.names
+    torch.save(tuned_model, weights)
+    artifact = build_deployed(tuned_model, policy, ctx, recipe, out / "model.onnx")
     latency = time_artifact(device, artifact, ctx)
     watch.lap("artifact")
     acc = validate_artifact(artifact, ctx, device.accuracy_runtime, out)
@@ -200,13 +215,52 @@ def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: Rec
         macs=attrs["macs"],
         params=attrs["params"],
         fingerprint=device.fingerprint().to_dict(),
-        epoch_maps=tuned.epoch_maps,
+        epoch_maps=tuple(epoch_maps),
         artifact=str(artifact),
         weights=str(weights),
         seconds=watch.seconds,
         timing=latency.timing,
     )
     return save_result(result, out / "result.json")
+
+
+def _prune_iteratively(
+    baseline, policy: Policy, ctx: TrialContext, settings: RecoverySettings, distillation, data_yaml, out
+):
+    """(model, epoch curve): the baseline pruned toward the policy in `settings.prune_steps` steps
+    (`spaces.pruning.IterativePruning`), the recovery's epochs split over the steps and run after each."""
+    pruning = IterativePruning(
+        baseline,
+        policy.pruning,
+        steps=settings.prune_steps,
+        imgsz=ctx.imgsz,
+        importance=ctx.pruning_importance,
+        round_to=ctx.pruning_round_to,
+    )
+    share, extra = divmod(distillation.epochs, settings.prune_steps)
+    epoch_maps: list[float] = []
+    for step in range(1, settings.prune_steps + 1):
+        pruning.step()
+        epochs = share + (1 if step > settings.prune_steps - extra else 0)  # the later steps take the remainder
+        print(f"  pruning step {step}/{settings.prune_steps}, then {epochs} epoch(s)", flush=True)
+        tuned = finetune(
+            pruning.model,
+            ctx.checkpoint,
+            replace(distillation, epochs=epochs),
+            data_yaml,
+            imgsz=ctx.imgsz,
+            seed=ctx.seed,
+            workdir=out / f"step{step}",
+        )
+        pruning.model.load_state_dict(tuned.model.state_dict())  # the next step ranks channels by these weights
+        epoch_maps += tuned.epoch_maps
+    return pruning.model.eval(), epoch_maps
+
+
+def _started_from(attrs: dict, settings: RecoverySettings) -> str:
+    if settings.prune_steps > 1:
+        return f"the baseline, pruned in {settings.prune_steps} steps with fine-tuning between them"
+    return "the trial's weights" if attrs.get("weights") else "the pruned baseline"
 
 
 def train_count(ctx: TrialContext, settings: RecoverySettings) -> int:

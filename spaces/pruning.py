@@ -29,6 +29,7 @@ MACs are multiply-accumulates of one image at `imgsz` x `imgsz` px, as plain int
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -142,54 +143,117 @@ def apply_pruning(
     Ultralytics config (the detection loss reads it), and saves with `torch.save(model)`.
     Raises UserError for an unknown unit, a ratio outside [0, MAX_RATIO), or a bad option.
     """
-    check_granularity(granularity)
-    criterion = get_criterion(importance)
-    if round_to is not None and round_to < 1:
-        raise UserError(f"round_to must be a positive channel count or None, not {round_to}.")
-    pruned = prepare_model(model)
-    was_training = pruned.training
-    frozen = {name for name, p in pruned.named_parameters() if not p.requires_grad}
-    pruned.eval().requires_grad_(True)  # eval: tracing must not move BN statistics
+    pruning = IterativePruning(
+        model,
+        ratios,
+        steps=1,
+        imgsz=imgsz,
+        importance=importance,
+        round_to=round_to,
+        granularity=granularity,
+        example_batch=example_batch,
+    )
+    return pruning.step()
 
-    groups = channel_groups(pruned)
-    by_unit = _by_unit(groups, granularity)
-    full_ratios = _checked_ratios(ratios, list(by_unit))
 
-    device = next(pruned.parameters()).device
-    image = torch.zeros(1, 3, imgsz, imgsz, device=device)
-    base_macs, base_params = tp.utils.count_ops_and_params(pruned, image)
+class IterativePruning:
+    """`apply_pruning` in `steps` steps, for fine-tuning between them ("prune some, fine-tune, prune again").
 
-    ratio_dict: dict[nn.Module, float] = {}
-    for unit, unit_groups in by_unit.items():
-        for group in unit_groups:
-            kept = kept_channels(group.channels, full_ratios[unit], round_to)
-            if kept < group.channels:
-                # torch-pruning keeps int(C * (1 - r)) channels: +0.5 makes that exactly `kept`.
-                ratio_dict.update(dict.fromkeys(group.members, 1.0 - (kept + 0.5) / group.channels))
-    producers = {group.layer: group.members[0] for group in groups}
+    Step i removes channels until every layer keeps what a ratio of `ratio x i / steps` of its
+    ORIGINAL channels keeps (torch-pruning's linear schedule), ranking channels by their
+    importance in the model as it is then, so a caller that trains `model` in place between
+    steps (e.g. `model.load_state_dict(tuned.state_dict())`) prunes by the trained weights.
+    After the last step the channel counts, MACs and params are exactly `apply_pruning`'s
+    one-shot result for the same ratios (the structure, hence the latency, of the policy);
+    which channels are kept may differ. Arguments as in `apply_pruning`; steps >= 1.
+    """
 
-    if ratio_dict:
-        criterion.fill_gradients(pruned, example_batch, imgsz)
-        pruner = tp.pruner.BasePruner(
-            pruned,
-            trace_inputs(pruned),
-            importance=criterion.make(),
-            pruning_ratio=0.0,
-            pruning_ratio_dict=ratio_dict,
-            ignored_layers=ignored_layers(pruned),
-            round_to=None,  # done above, to the nearest multiple rather than always down
+    def __init__(
+        self,
+        model: nn.Module,
+        ratios: Mapping[str, float],
+        *,
+        steps: int,
+        imgsz: int = 640,
+        importance: str | Criterion = "magnitude",
+        round_to: int | None = 8,
+        granularity: str = "block",
+        example_batch: Mapping[str, torch.Tensor] | None = None,
+    ):
+        check_granularity(granularity)
+        if steps < 1:
+            raise UserError(f"iterative pruning needs at least 1 step, not {steps}.")
+        if round_to is not None and round_to < 1:
+            raise UserError(f"round_to must be a positive channel count or None, not {round_to}.")
+        self.criterion = get_criterion(importance)
+        self.model = prepare_model(model)
+        self.steps, self.done = steps, 0
+        self.imgsz, self.example_batch = imgsz, example_batch
+        with _traceable(self.model):
+            self._build(ratios, round_to, granularity)
+
+    def _build(self, ratios: Mapping[str, float], round_to: int | None, granularity: str) -> None:
+        groups = channel_groups(self.model)
+        self._by_unit = _by_unit(groups, granularity)
+        self.ratios = _checked_ratios(ratios, list(self._by_unit))
+        self._producers = {group.layer: group.members[0] for group in groups}
+        self._image = torch.zeros(1, 3, self.imgsz, self.imgsz, device=next(self.model.parameters()).device)
+        self._base_macs, self._base_params = tp.utils.count_ops_and_params(self.model, self._image)
+
+        ratio_dict: dict[nn.Module, float] = {}
+        for unit, unit_groups in self._by_unit.items():
+            for group in unit_groups:
+                kept = kept_channels(group.channels, self.ratios[unit], round_to)
+                if kept < group.channels:
+                    # torch-pruning keeps int(C * (1 - r)) channels: +0.5 makes that exactly `kept`.
+                    ratio_dict.update(dict.fromkeys(group.members, 1.0 - (kept + 0.5) / group.channels))
+        self._pruner = None
+        if ratio_dict:
+            self._pruner = tp.pruner.BasePruner(
+                self.model,
+                trace_inputs(self.model),
+                importance=self.criterion.make(),
+                iterative_steps=self.steps,
+                pruning_ratio=0.0,
+                pruning_ratio_dict=ratio_dict,
+                ignored_layers=ignored_layers(self.model),
+                round_to=None,  # done above, to the nearest multiple rather than always down
+            )
+
+    def step(self) -> PrunedModel:
+        """Prune `model` in place to the next step; its state after it (`model` is the same object every step)."""
+        if self.done >= self.steps:
+            raise RuntimeError(f"all {self.steps} pruning steps are done")
+        self.done += 1
+        model = self.model
+        with _traceable(model):
+            if self._pruner is not None:
+                self.criterion.fill_gradients(model, self.example_batch, self.imgsz)
+                self._pruner.step()
+            macs, params = tp.utils.count_ops_and_params(model, self._image)
+        channels = {
+            unit: sum(self._producers[g.layer].out_channels for g in unit_groups)
+            for unit, unit_groups in self._by_unit.items()
+        }
+        return PrunedModel(
+            model, self.ratios, int(macs), int(params), int(self._base_macs), int(self._base_params), channels
         )
-        pruner.step()
-    pruned.zero_grad(set_to_none=True)
-    for name, param in pruned.named_parameters():
-        param.requires_grad_(name not in frozen)
-    pruned.train(was_training)
 
-    macs, params = tp.utils.count_ops_and_params(pruned, image)
-    channels = {
-        unit: sum(producers[g.layer].out_channels for g in unit_groups) for unit, unit_groups in by_unit.items()
-    }
-    return PrunedModel(pruned, full_ratios, int(macs), int(params), int(base_macs), int(base_params), channels)
+
+@contextlib.contextmanager
+def _traceable(model: nn.Module):
+    """The model in eval mode (tracing must not move BN statistics) with every parameter requiring grad (the
+    dependency graph and gradient criteria need it); afterwards its mode and frozen parameters as before, no grads."""
+    was_training = model.training
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    model.eval().requires_grad_(True)
+    try:
+        yield model
+    finally:
+        model.zero_grad(set_to_none=True)
+        for name, param in model.named_parameters():
+            param.requires_grad_(name not in frozen)
+        model.train(was_training)
 
 
 def kept_channels(channels: int, ratio: float, round_to: int | None = 8) -> int:

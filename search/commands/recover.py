@@ -31,6 +31,14 @@ def add_recovery_arguments(parser: argparse.ArgumentParser, epochs_flag: str = "
     )
     parser.add_argument("--recover-lr0", type=float, help="AdamW initial learning rate (default: the policy's)")
     parser.add_argument("--recover-dis", type=float, help="distillation loss weight (default: the policy's)")
+    parser.add_argument(
+        "--recover-prune-steps",
+        type=int,
+        default=1,
+        metavar="K",
+        help="start again from the baseline and prune toward the policy in K steps, the epochs split between them "
+        "(default 1: continue the trial's weights)",
+    )
 
 
 def recovery_settings(args: argparse.Namespace):
@@ -41,6 +49,7 @@ def recovery_settings(args: argparse.Namespace):
         train_images=args.recover_images,
         lr0=args.recover_lr0,
         weight=args.recover_dis,
+        prune_steps=args.recover_prune_steps,
     )
 
 

@@ -86,6 +86,22 @@ def test_recovered_trial_is_stored_linked_to_its_source_and_exported(smoke_study
     assert (tmp_path / "f.png").stat().st_size > 10_000
 
 
+def test_iterative_recovery_prunes_the_baseline_in_steps_to_the_same_structure(smoke_study, study_copy):
+    study = load_study(smoke_study.name, study_copy)
+    chosen = int(best_under(trials_table(study), study_record(study)["budget_ms"])["trial"])
+    chosen = study.trials[chosen].user_attrs.get("recovered_from", chosen)
+    base = ["recover", "--study", smoke_study.name, "--storage", study_copy, "--trial", str(chosen)]
+    assert main([*base, "--epochs", "2", "--recover-images", "32", "--recover-prune-steps", "2"]) == 0
+    new = load_study(smoke_study.name, study_copy).trials[-1]
+    attrs, source = new.user_attrs, study.trials[chosen].user_attrs
+    assert attrs["recovered_from"] == chosen and attrs["recovery"]["prune_steps"] == 2
+    assert attrs["recovery"]["started_from"].startswith("the baseline, pruned in 2 steps")
+    assert len(attrs["epoch_maps"]) == 2 and attrs["recovery"]["tag"].endswith("-steps2")
+    # The steps end at the policy's structure: the artifact times as the source's does.
+    assert structure_hash(Path(attrs["artifact"])) == structure_hash(Path(source["artifact"]))
+    assert (attrs["macs"], attrs["params"]) == (source["macs"], source["params"])
+
+
 def test_recover_user_errors_leave_the_study_alone(smoke_study, study_copy, capsys):
     study = load_study(smoke_study.name, study_copy)
     before = len(study.trials)
@@ -95,7 +111,8 @@ def test_recover_user_errors_leave_the_study_alone(smoke_study, study_copy, caps
     assert main([*base, "--trial", "999", *RECOVER]) == 2
     assert main([*base, "--front", "--epochs", "0"]) == 2
     assert main([*base, "--budget-ms", "0.0001", *RECOVER]) == 2
+    assert main([*base, "--front", "--epochs", "2", "--recover-prune-steps", "3"]) == 2
     err = capsys.readouterr().err
     assert "only a complete trial" in err and "no finished trial number 999" in err
-    assert "at least 1 epoch" in err and "fits a 0.00 ms budget" in err
+    assert "at least 1 epoch" in err and "fits a 0.00 ms budget" in err and "got 3 steps" in err
     assert len(load_study(smoke_study.name, study_copy).trials) == before

@@ -24,6 +24,7 @@ from spaces.params import Params
 from spaces.pruning import (
     MAX_RATIO,
     RATIO_RANGE,
+    IterativePruning,
     PruningUnit,
     apply_pruning,
     kept_channels,
@@ -333,3 +334,29 @@ def test_small_scale_models_prune(cfg):
     assert {u.kind for u in units} == {"backbone", "neck", "head"}
     result = apply_pruning(model, uniform_ratios(units, 0.25), imgsz=IMGSZ)
     assert result.params < result.base_params
+
+
+def test_iterative_pruning_ends_at_the_one_shot_structure_and_ranks_by_the_weights_between_steps(base, units, pruned):
+    ratios = uniform_ratios(units, 0.5)
+    iterative = IterativePruning(base, ratios, steps=3, imgsz=IMGSZ)
+    first = iterative.step()
+    assert first.model is iterative.model and pruned.macs < first.macs < first.base_macs
+    # Between steps the caller trains the model in place: here two stem channels are zeroed in the whole group
+    # (conv, BN, the next conv's inputs), so the magnitude criterion must remove exactly those in step 2.
+    model = iterative.model.model
+    zeroed = [0, 5]
+    with torch.no_grad():
+        for tensor in (model[0].conv.weight, model[0].bn.weight, model[0].bn.bias):
+            tensor[zeroed] = 0.0
+        model[1].conv.weight[:, zeroed] = 0.0
+    second = iterative.step()
+    assert pruned.macs < second.macs < first.macs
+    assert first.channels["model.0"] - second.channels["model.0"] == len(zeroed)
+    assert all(row.abs().sum() > 0 for row in model[0].conv.weight)  # the zeroed channels are the ones gone
+    last = iterative.step()
+    assert (last.macs, last.params, last.channels) == (pruned.macs, pruned.params, pruned.channels)
+    assert all(last.channels[u.name] < second.channels[u.name] <= first.channels[u.name] for u in units[:3])
+    with pytest.raises(RuntimeError, match="all 3 pruning steps are done"):
+        iterative.step()
+    with pytest.raises(UserError, match="at least 1 step"):
+        IterativePruning(base, ratios, steps=0)
