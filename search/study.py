@@ -22,7 +22,7 @@ from search.scheduler import SCHEDULERS
 OBJECTIVES = {"map50_95": "maximize", "latency_ms": "minimize", "size_mb": "minimize"}
 
 
-SPACES = ("per-unit", "segments")
+SPACES = ("segments", "per-unit")
 STARTS = ("guided", "references")
 
 
@@ -41,8 +41,8 @@ class StudyConfig:
     many channels (None: any count). Both apply to the trials and to `squeezefit sensitivity`.
     address: the Ray cluster (HOST:PORT, or "auto" for RAY_ADDRESS) the search runs on, its
     device measured on the node holding `device:<device>` (`search.cluster`); None: a local Ray.
-    space: "per-unit" (a ratio and a precision per unit) or "segments" (one of each per
-    contiguous segment of the graph, `spaces.segments`: far fewer dimensions, no precision islands).
+    space: "segments" (the default: one ratio and one precision per contiguous segment of the graph,
+    `spaces.segments`: far fewer dimensions, no precision islands) or "per-unit" (a ratio and a precision per unit).
     retries: how many times Ray restarts a trial whose process or node died (from the start:
     trials keep no checkpoint); 0: such a trial is FAIL with the reason.
     starts: what is enqueued before the sampler proposes: "guided" (the uniform reference
@@ -79,7 +79,7 @@ class StudyConfig:
     seed: int = 0
     pruning_importance: str = "magnitude"
     pruning_round_to: int | None = 8
-    space: str = "per-unit"
+    space: str = "segments"
     starts: str = "guided"
     recover_epochs: int = 0
     scheduler: str = "fifo"

@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pruning-round-to", type=int, help="every pruned channel group keeps a multiple of this many (default 8)"
     )
     parser.add_argument(
-        "--space", choices=SPACES, help="a ratio and a precision per unit (per-unit, the default) or per segment"
+        "--space",
+        choices=SPACES,
+        help="one ratio and one precision per graph segment (segments, the default) or per unit (per-unit)",
     )
     parser.add_argument(
         "--starts",
@@ -81,9 +83,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         exists = check_can_start(config.name, config.storage_url, resume=args.resume)  # before minutes of preparation
         record = study_record(load_study(config.name, config.storage_url)) if exists else None
+        if record is not None:
+            check_same_space(config, record)
         return _search(config, record, args)
     finally:
         disconnect()
+
+
+def check_same_space(config, record: dict) -> None:
+    """A resumed study goes on in the space it was searched in (a record without one was per-unit, the old default)."""
+    from evaluators.vocabulary import UserError
+
+    stored = record["config"].get("space", "per-unit")
+    if stored != config.space:
+        raise UserError(
+            f"study {config.name!r} was searched in the {stored} space; pass --space {stored} to resume it."
+        )
 
 
 def _search(config, record, args: argparse.Namespace) -> int:

@@ -138,3 +138,14 @@ def test_a_stored_record_gives_back_the_config_it_ran_with(tmp_path):
     assert again.data == "embedded" and again.recover_epochs == 2 and again.trials == config.trials
     record["config"]["data"] = "relative/data.yaml"  # a relative path was relative to the search's cwd
     assert StudyConfig.from_record(record, "sqlite:///x.db").data == str(tmp_path / "data.yaml")
+
+
+def test_a_resumed_study_keeps_the_space_it_was_searched_in():
+    from search.commands.search import check_same_space
+
+    config = StudyConfig(name="old")
+    assert config.space == "segments"  # the structured space is the default
+    check_same_space(config, {"config": {"space": "segments"}})
+    with pytest.raises(UserError, match="searched in the per-unit space; pass --space per-unit to resume it"):
+        check_same_space(config, {"config": {}})  # a record from before the space setting was per-unit
+    check_same_space(StudyConfig(space="per-unit"), {"config": {"space": "per-unit"}})
