@@ -18,6 +18,7 @@ from evaluators.vocabulary import UserError
 COMMANDS = (
     "data",
     "baseline",
+    "sparsify",
     "sensitivity",
     "search",
     "front",

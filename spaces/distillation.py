@@ -78,9 +78,15 @@ class _GivenModelTrainer(DetectionTrainer):
     """A DetectionTrainer that trains the module it is handed instead of building one from YAML."""
 
     given_model: torch.nn.Module
+    before_step: Callable[[], None] | None = None
 
     def get_model(self, cfg=None, weights=None, verbose=True):
         return self.given_model  # `model` in the args is only a name; nothing is built from it
+
+    def optimizer_step(self):
+        if self.before_step is not None:  # the gradients of this step are all there: a regularizer adds to them
+            self.before_step()
+        super().optimizer_step()
 
 
 def distillation_params(max_epochs: int, teachers: Sequence[str | None] = (None,)) -> tuple[Param, ...]:
@@ -153,6 +159,7 @@ def finetune(
     batch: int = 16,
     seed: int = 0,
     on_epoch: Callable[[int, float], bool | None] | None = None,
+    regularizer: Callable[[torch.nn.Module], Callable[[], None]] | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of `student` on `data_yaml`; the input module is not modified.
 
@@ -160,6 +167,9 @@ def finetune(
     overrides it). Training runs on the train split of `data_yaml` and validates on its val
     split (a caller that wants a fidelity subset passes a subset YAML); Ultralytics' run
     goes to `workdir/train`. Progress is one line per epoch on stdout.
+    regularizer(model) is called once with the module that is trained (a copy of `student`) before training;
+    the function it returns runs before every optimizer step, when the step's gradients are complete
+    (`spaces.sparsity`).
     """
     start = time.perf_counter()
     model = copy.deepcopy(student).float()
@@ -199,6 +209,7 @@ def finetune(
     )
     trainer = _GivenModelTrainer(overrides=args)
     trainer.given_model = model
+    trainer.before_step = regularizer(model) if regularizer is not None else None
     epoch_maps: list[float] = []
     stopped = False
 

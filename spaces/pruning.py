@@ -189,7 +189,7 @@ class IterativePruning:
         self.model = prepare_model(model)
         self.steps, self.done = steps, 0
         self.imgsz, self.example_batch = imgsz, example_batch
-        with _traceable(self.model):
+        with traceable(self.model):
             self._build(ratios, round_to, granularity)
 
     def _build(self, ratios: Mapping[str, float], round_to: int | None, granularity: str) -> None:
@@ -226,7 +226,7 @@ class IterativePruning:
             raise RuntimeError(f"all {self.steps} pruning steps are done")
         self.done += 1
         model = self.model
-        with _traceable(model):
+        with traceable(model):
             if self._pruner is not None:
                 self.criterion.fill_gradients(model, self.example_batch, self.imgsz)
                 self._pruner.step()
@@ -241,7 +241,7 @@ class IterativePruning:
 
 
 @contextlib.contextmanager
-def _traceable(model: nn.Module):
+def traceable(model: nn.Module):
     """The model in eval mode (tracing must not move BN statistics) with every parameter requiring grad (the
     dependency graph and gradient criteria need it); afterwards its mode and frozen parameters as before, no grads."""
     was_training = model.training
