@@ -48,7 +48,7 @@ TARGET_FRACTIONS = (0.7, 0.5, 0.33)
 """Targets besides the budget, as fractions of L0 (only those below the budget)."""
 BUDGET_MARGIN = 0.97
 """The budget's start aims this far under it, so a trial's own measurement noise keeps it within."""
-VERIFY_ROUNDS = 3
+VERIFY_ROUNDS = 5
 """Times a start is built and timed; after a miss the greedy goes on with the miss as a correction."""
 CLOSE = 0.03
 """Targets closer than this (fraction of L0) to one kept are dropped."""
@@ -96,7 +96,7 @@ def guided_starts(ctx: TrialContext, model=None, *, log: Callable[[str], None] =
     )
     savings, base_ms = session.segment_savings(held, precision)
     losses = segment_losses(sensitivity.base_map, sensitivity.pruning, held, GRID)
-    found = _fit_targets(session, targets, savings, losses, base_ms, held, precision)
+    found, missed_by = _fit_targets(session, targets, savings, losses, base_ms, held, precision)
     starts: dict[str, GuidedStart] = {}
     for target, (ratios, measured) in found.items():
         policy = session.policy(held, ratios, precision)
@@ -106,7 +106,11 @@ def guided_starts(ctx: TrialContext, model=None, *, log: Callable[[str], None] =
         starts[name] = GuidedStart(policy, round(target, 4), round(measured, 4))
         shaved = ", ".join(f"{s} {r:g}" for s, r in ratios.items() if r > 0) or "nothing"
         log(f"  {name}: {measured:.2f} ms (target {target:.2f}), pruned {shaved}, all {precision}")
-    missed = [f"{t:.2f}" for t in targets if t not in found]
+    missed = [
+        f"{t:.2f}" + (f" (closest timed {missed_by[t]:.2f})" if t in missed_by else " (beyond the grid's estimate)")
+        for t in targets
+        if t not in found
+    ]
     if missed:
         log(f"  no start fits {', '.join(missed)} ms within the grid")
     log(f"guided starts: {len(starts)} in {time.perf_counter() - started:.0f} s")
@@ -124,10 +128,12 @@ def _targets(ctx: TrialContext, base_ms: float) -> list[float]:
     return kept
 
 
-def _fit_targets(session, targets, savings, losses, base_ms, held, precision) -> dict[float, tuple[dict, float]]:
-    """target -> (segment ratios, measured ms) for every target a verified greedy policy fits."""
+def _fit_targets(session, targets, savings, losses, base_ms, held, precision):
+    """(target -> (segment ratios, measured ms) for every target a verified greedy policy fits,
+    target -> the last measured ms of a candidate that missed it)."""
     open_ = {t: (None, 0.0) for t in targets}  # target -> (ratios so far, correction ms)
     found: dict[float, tuple[dict, float]] = {}
+    missed_by: dict[float, float] = {}
     for _ in range(VERIFY_ROUNDS):
         candidates = {}
         for target, (start, correction) in open_.items():
@@ -141,11 +147,13 @@ def _fit_targets(session, targets, savings, losses, base_ms, held, precision) ->
         for (target, ratios), ms in zip(candidates.items(), measured, strict=True):
             if ms <= target:
                 found[target] = (ratios, ms)
+                missed_by.pop(target, None)
             else:
                 open_[target] = (ratios, ms - estimated_ms(base_ms, savings, ratios))
+                missed_by[target] = ms
         if not open_:
             break
-    return found
+    return found, missed_by
 
 
 class _Session:
