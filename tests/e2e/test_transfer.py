@@ -157,7 +157,8 @@ def test_every_complete_trial_is_carried_with_a_new_latency(source, carried, dev
         for key, value in s.params.items():
             if key.startswith("precision."):
                 assert set(t.distributions[key].choices) == set(record["offered"]), key
-                assert t.params[key] == a["policy"]["precision"].get(key.removeprefix("precision."), "fp32"), key
+                held = _units_of(key.removeprefix("precision."), record)  # a unit, or a segment's units
+                assert {t.params[key]} == {a["policy"]["precision"].get(u, "fp32") for u in held}, key
             else:  # a sampled ratio may carry float noise (0.30000000000000004)
                 assert t.distributions[key] == s.distributions[key], key
                 assert t.params[key] == (pytest.approx(value) if isinstance(value, float) else value), key
@@ -356,3 +357,11 @@ def test_continue_runs_more_trials_on_the_warm_study(source):
     assert "transferred_from" not in new[0].user_attrs and "status" in new[0].user_attrs
     src_front = set(pareto_front(trials_table(load_study(name, url)))["trial"].astype(int))
     assert src_front <= {t.user_attrs["transferred_from"] for t in dst.trials if t.number in carried_numbers}
+
+
+def _units_of(name: str, record: dict) -> list[str]:
+    """The precision units a searched parameter name sets: itself, or those of the segment of that name."""
+    from spaces.segments import Segment, members
+
+    segments = [Segment(n, first, last) for n, first, last in record["segments"]]
+    return list(members(segments, record["precision_units"]).get(name, (name,)))
