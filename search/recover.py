@@ -26,8 +26,6 @@ statement that its region of the space is good.
 
 from __future__ import annotations
 
-import datetime
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -39,7 +37,7 @@ from evaluators.registry import get_device
 from evaluators.vocabulary import UserError
 from search.checkpoint import load_baseline
 from search.trial import TrialContext, build_deployed, prune, time_artifact, validate_artifact
-from search.trial_result import Stopwatch, TrialResult, save_result, size_mb
+from search.trial_result import Stopwatch, TrialResult, add_measured_trial, load_result, save_result, size_mb
 from spaces.distillation import DistillationSettings, finetune
 from spaces.policy import Policy
 from spaces.pruning import IterativePruning
@@ -160,16 +158,18 @@ def recover_trial(study, number: int, ctx: TrialContext, settings: RecoverySetti
     }
     if attrs.get("reference"):
         extra["reference"] = f"{attrs['reference']} recovered"
-    return _add_trial(study, ctx.space.replay(policy), result, extra, ctx.budget_ms)
+    params, distributions = ctx.space.replay(policy)  # ranges widened where an enqueued start lies outside them
+    return add_measured_trial(
+        study, params, distributions, result, extra, objectives=study_objectives(study), budget_ms=ctx.budget_ms
+    )
 
 
 def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: RecoverySettings) -> TrialResult:
     """The recovery of `policy` from its evaluated result `attrs` (`TrialResult.to_dict()`: weights, macs, params);
     reused from `<outdir>/<policy_id>/<settings.tag()>/result.json` when it was done before."""
     out = Path(ctx.outdir) / policy.policy_id / settings.tag()
-    done = out / "result.json"
-    if done.is_file():
-        return TrialResult.from_dict(json.loads(done.read_text()))
+    if (stored := load_result(out / "result.json")) is not None:
+        return stored
     out.mkdir(parents=True, exist_ok=True)
     watch = Stopwatch()
     device = get_device(ctx.device)
@@ -267,24 +267,6 @@ def train_count(ctx: TrialContext, settings: RecoverySettings) -> int:
     """How many train images a recovery with `settings` trains on."""
     total = len(split_images(Path(ctx.data_yaml), "train")[1])
     return min(total, settings.train_images or total)
-
-
-def _add_trial(study, point: tuple[dict, dict], result: TrialResult, extra: dict, budget_ms: float) -> int:
-    """Store `result` as a COMPLETE trial at `point` (params, distributions: the source's policy replayed by the
-    space, ranges widened where an enqueued start lies outside them); its number."""
-    params, distributions = point
-    objectives = study_objectives(study)
-    trial = optuna.trial.create_trial(
-        params=params,
-        distributions=distributions,
-        values=[getattr(result, o) for o in objectives],
-        user_attrs={**result.to_dict(), **extra},
-        constraints={"latency_budget": result.latency_ms - budget_ms},
-    )
-    trial.datetime_complete = datetime.datetime.now()
-    trial.datetime_start = trial.datetime_complete - datetime.timedelta(seconds=sum(result.seconds.values()))
-    study.add_trial(trial)
-    return study.get_trials(deepcopy=False)[-1].number
 
 
 def study_objectives(study) -> list[str]:

@@ -66,7 +66,6 @@ needed, the budget check).
 
 from __future__ import annotations
 
-import datetime
 import functools
 import multiprocessing
 import os
@@ -88,7 +87,7 @@ from search.transfer_report import TransferReport, transfer_report
 from search.transfer_target import SELECTIONS, open_target, select_trials, target_config
 from search.transfer_trial import TimedTrial, build_carried, settle_carried, time_together
 from search.trial import TrialContext
-from search.trial_result import TrialResult
+from search.trial_result import TrialResult, add_measured_trial
 from search.tuner import DONE_STATES, run_search
 from spaces.policy import Policy
 
@@ -409,13 +408,6 @@ def _add_trial(study, result: TrialResult, extra: dict, target: _Target) -> None
     """Add a COMPLETE trial with the parameters the target space's define-by-run gives its policy; its
     duration is the sum of its steps' seconds (its real cost, for `study_seconds`)."""
     params, distributions = target.ctx.space.replay(Policy.from_dict(result.policy))
-    trial = optuna.trial.create_trial(
-        params=params,
-        distributions=distributions,
-        values=[getattr(result, o) for o in target.objectives],
-        user_attrs={**result.to_dict(), **extra},
-        constraints={"latency_budget": result.latency_ms - target.ctx.budget_ms},
+    add_measured_trial(
+        study, params, distributions, result, extra, objectives=target.objectives, budget_ms=target.ctx.budget_ms
     )
-    trial.datetime_complete = datetime.datetime.now()
-    trial.datetime_start = trial.datetime_complete - datetime.timedelta(seconds=sum(result.seconds.values()))
-    study.add_trial(trial)

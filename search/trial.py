@@ -17,7 +17,6 @@ means the policy was already evaluated in this study and is reused, not recomput
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from evaluators.datasets import subset_data_yaml
 from evaluators.registry import get_device
 from evaluators.vocabulary import Int8Recipe
 from search.checkpoint import load_baseline
-from search.trial_result import Stopwatch, TrialResult, save_result, size_mb
+from search.trial_result import Stopwatch, TrialResult, load_result, save_result, size_mb
 from spaces.distillation import finetune
 from spaces.policy import Policy
 from spaces.precision import build_artifact
@@ -176,8 +175,8 @@ def evaluate_policy(
     """
     out = Path(ctx.outdir) / policy.policy_id
     done = out / "result.json"
-    if done.is_file():
-        return TrialResult.from_dict(json.loads(done.read_text()))
+    if (stored := load_result(done)) is not None:
+        return stored
     out.mkdir(parents=True, exist_ok=True)
     watch = Stopwatch()
     device = get_device(ctx.device)

@@ -66,6 +66,35 @@ def save_result(result: TrialResult, path: Path) -> TrialResult:
     return result
 
 
+def load_result(path: Path) -> TrialResult | None:
+    """The result stored at `path` by `save_result`, or None when there is none (not evaluated yet)."""
+    path = Path(path)
+    return TrialResult.from_dict(json.loads(path.read_text())) if path.is_file() else None
+
+
+def add_measured_trial(
+    study, params: dict, distributions: dict, result: TrialResult, extra: dict, *, objectives, budget_ms: float
+) -> int:
+    """Store `result` in `study` as a COMPLETE Optuna trial (values in `objectives` order, the latency-budget
+    constraint, user attributes `result.to_dict()` plus `extra`), dated so that its duration is the sum of its
+    steps' seconds (its real cost); its trial number."""
+    import datetime
+
+    import optuna
+
+    trial = optuna.trial.create_trial(
+        params=params,
+        distributions=distributions,
+        values=[getattr(result, o) for o in objectives],
+        user_attrs={**result.to_dict(), **extra},
+        constraints={"latency_budget": result.latency_ms - budget_ms},
+    )
+    trial.datetime_complete = datetime.datetime.now()
+    trial.datetime_start = trial.datetime_complete - datetime.timedelta(seconds=sum(result.seconds.values()))
+    study.add_trial(trial)
+    return study.get_trials(deepcopy=False)[-1].number
+
+
 def size_mb(path: Path) -> float:
     """The file's size in MB (10^6 bytes), to 0.001."""
     return round(Path(path).stat().st_size / 1e6, 3)

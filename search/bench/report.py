@@ -243,31 +243,8 @@ def plot_bench(result: BenchResult, png: Path) -> Path:
                 ms=4,
                 label=f"{title(result, c)} front",
             )
-    uniform = [p for p in result.of(UNIFORM) if p.status == "complete"]
-    ax.scatter(
-        [p.latency_ms for p in uniform],
-        [p.map50_95 for p in uniform],
-        marker="s",
-        c="#DD8452",
-        s=40,
-        label="uniform",
-        zorder=3,
-    )
-    for p in uniform:
-        ax.annotate(p.label, (p.latency_ms, p.map50_95), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    peers = [p for p in result.of(PEER) if p.status == "complete"]
-    if peers:
-        ax.scatter(
-            [p.latency_ms for p in peers],
-            [p.map50_95 for p in peers],
-            marker="^",
-            c="#8172B3",
-            s=60,
-            label="one-command peers",
-            zorder=3,
-        )
-        for p in peers:
-            ax.annotate(p.label, (p.latency_ms, p.map50_95), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    _labelled(ax, result.of(UNIFORM), marker="s", colour="#DD8452", size=40, label="uniform", dy=4)
+    _labelled(ax, result.of(PEER), marker="^", colour="#8172B3", size=60, label="one-command peers", dy=-10)
     ax.scatter([l0], [result.baseline_map], marker="*", c="k", s=120, label="FP32 baseline", zorder=3)
     for fraction, style in zip(BUDGET_FRACTIONS, ("--", "-.", ":"), strict=False):
         ax.axvline(fraction * l0, ls=style, c="#C44E52", lw=1, label=f"{fraction:g}·L0 = {fraction * l0:.2f} ms")
@@ -275,6 +252,24 @@ def plot_bench(result: BenchResult, png: Path) -> Path:
         ax.axvline(budget, ls="--", c="k", lw=1, label=f"search budget {budget:.2f} ms")
     heading = f"{result.name}: {result.config.get('name')} on {result.config.get('device')}"
     return save_latency_map_plot(fig, ax, png, title=heading, legend_size=7)
+
+
+def _labelled(ax, points, *, marker: str, colour: str, size: float, label: str, dy: float) -> None:
+    """The complete `points` as one marked series, each with its label beside it (`dy` points above)."""
+    shown = [p for p in points if p.status == "complete"]
+    if not shown:
+        return
+    ax.scatter(
+        [p.latency_ms for p in shown],
+        [p.map50_95 for p in shown],
+        marker=marker,
+        c=colour,
+        s=size,
+        label=label,
+        zorder=3,
+    )
+    for p in shown:
+        ax.annotate(p.label, (p.latency_ms, p.map50_95), fontsize=7, xytext=(4, dy), textcoords="offset points")
 
 
 def write_outputs(result: BenchResult, report: Path) -> tuple[Path, Path, Path]:

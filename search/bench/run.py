@@ -78,10 +78,9 @@ def study_points(contender: str, study) -> list[BenchPoint]:
 def recover_bests(points: list[BenchPoint], ctx, epochs: int, baseline_ms: float, *, log=print) -> list[BenchPoint]:
     """The uniform set's and the search's best point under each of `BUDGET_FRACTIONS` x L0, recovered `epochs`
     epochs on the whole train split (`search.recover`; one recovery per policy), as recovered points."""
-    import json
-
     from search.bench.points import BUDGET_FRACTIONS, best_under
     from search.recover import RecoverySettings, recover_policy
+    from search.trial_result import load_result
     from spaces.policy import Policy
 
     settings, done, recovered = RecoverySettings(epochs=epochs), set(), []
@@ -91,8 +90,8 @@ def recover_bests(points: list[BenchPoint], ctx, epochs: int, baseline_ms: float
             if best is None or (contender, best.policy_id) in done:
                 continue
             done.add((contender, best.policy_id))
-            attrs = json.loads((Path(ctx.outdir) / best.policy_id / "result.json").read_text())
-            result = recover_policy(Policy.from_dict(attrs["policy"]), attrs, ctx, settings)
+            evaluated = load_result(Path(ctx.outdir) / best.policy_id / "result.json")
+            result = recover_policy(Policy.from_dict(evaluated.policy), evaluated.to_dict(), ctx, settings)
             point = replace(
                 _point(contender, f"{best.label} recovered", result), policy_id=best.policy_id, recovered=True
             )
