@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     add_config_argument(parser)
+    parser.add_argument("--device", help="bench on this device instead of the config's, e.g. openvino-cpu, ort-cpu:2")
     parser.add_argument(
         "--trials",
         type=int,
