@@ -15,8 +15,9 @@ is created:
    untuned per-unit mAP drops, `spaces.greedy.segment_losses`). Without it, no guided
    starts (said in one line).
 4. Per target: the greedy's policy is built and timed against the reference; if it misses
-   the target, the miss becomes the estimate's correction and the greedy goes on from
-   there, up to `VERIFY_ROUNDS` times (all targets' candidates share each session).
+   the target, the fraction of the estimated saving the timing showed scales every saving
+   (`spaces.greedy.realized_fraction`) and the greedy goes on from there, up to
+   `VERIFY_ROUNDS` times (all targets' candidates share each session).
 
 Artifacts are timing-only builds (few calibration images, no bias correction: the
 structure, hence the latency, of the full build) under `<ctx.outdir>/guided/`. A start is
@@ -35,7 +36,7 @@ from pathlib import Path
 from evaluators.registry import get_device
 from search.checkpoint import load_baseline
 from search.trial import TrialContext, build_screen
-from spaces.greedy import estimated_ms, greedy_ratios, segment_losses
+from spaces.greedy import greedy_ratios, realized_fraction, segment_losses
 from spaces.policy import Policy
 from spaces.precision import uniform_precisions
 from spaces.pruning import REFERENCE_RATIOS
@@ -131,13 +132,13 @@ def _targets(ctx: TrialContext, base_ms: float) -> list[float]:
 def _fit_targets(session, targets, savings, losses, base_ms, held, precision):
     """(target -> (segment ratios, measured ms) for every target a verified greedy policy fits,
     target -> the last measured ms of a candidate that missed it)."""
-    open_ = {t: (None, 0.0) for t in targets}  # target -> (ratios so far, correction ms)
+    open_ = {t: (None, 1.0) for t in targets}  # target -> (ratios so far, realized fraction of the savings)
     found: dict[float, tuple[dict, float]] = {}
     missed_by: dict[float, float] = {}
     for _ in range(VERIFY_ROUNDS):
         candidates = {}
-        for target, (start, correction) in open_.items():
-            ratios = greedy_ratios(savings, losses, base_ms, target, start=start, correction_ms=correction)
+        for target, (start, realized) in open_.items():
+            ratios = greedy_ratios(savings, losses, base_ms, target, start=start, realized=realized)
             if ratios is not None:
                 candidates[target] = ratios
         if not candidates:
@@ -149,7 +150,7 @@ def _fit_targets(session, targets, savings, losses, base_ms, held, precision):
                 found[target] = (ratios, ms)
                 missed_by.pop(target, None)
             else:
-                open_[target] = (ratios, ms - estimated_ms(base_ms, savings, ratios))
+                open_[target] = (ratios, realized_fraction(base_ms, savings, ratios, ms))
                 missed_by[target] = ms
         if not open_:
             break

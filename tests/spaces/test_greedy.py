@@ -2,7 +2,7 @@
 
 import pytest
 
-from spaces.greedy import estimated_ms, greedy_ratios, segment_losses
+from spaces.greedy import estimated_ms, greedy_ratios, realized_fraction, segment_losses
 
 # ms saved with only that segment pruned at that ratio (the base is 10 ms)
 SAVINGS = {
@@ -40,6 +40,22 @@ def test_a_correction_learned_from_a_timed_miss_pushes_the_greedy_further_from_w
     further = greedy_ratios(SAVINGS, LOSSES, 10.0, 9.0, start=first, correction_ms=0.4)
     assert further["neck"] > first["neck"]
     assert estimated_ms(10.0, SAVINGS, further) + 0.4 <= 9.0
+
+
+def test_a_miss_scales_the_savings_by_what_timing_realized_and_the_greedy_goes_far_enough():
+    first = greedy_ratios(SAVINGS, LOSSES, 10.0, 8.5)  # neck 0.75 (1.5 ms promised)
+    assert first["neck"] == 0.75 and estimated_ms(10.0, SAVINGS, first) == pytest.approx(8.5)
+    # timed at 9.25 ms: half of the promised 1.5 ms was realized
+    realized = realized_fraction(10.0, SAVINGS, first, 9.25)
+    assert realized == pytest.approx(0.5)
+    further = greedy_ratios(SAVINGS, LOSSES, 10.0, 8.5, start=first, realized=realized)
+    # at half the promise the neck's 1.5 ms buys 0.75: the stem must promise 1.5 more (0.75 realized), i.e. 0.5
+    assert further == {"stem": 0.5, "neck": 0.75, "head": 0.0}
+    assert estimated_ms(10.0, SAVINGS, further, realized) <= 8.5
+    # clamped: a timing slower than the base, or far faster than promised, does not wreck the estimate
+    assert realized_fraction(10.0, SAVINGS, first, 10.5) == 0.1
+    assert realized_fraction(10.0, SAVINGS, first, 5.0) == 1.5
+    assert realized_fraction(10.0, SAVINGS, {"head": 0.0}, 9.0) == 1.0  # nothing promised: nothing learned
 
 
 def test_a_noisy_saving_at_one_ratio_does_not_block_the_larger_ones():
