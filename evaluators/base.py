@@ -12,6 +12,9 @@ sees a policy or a model object. Its contract:
   search space only offers those. `int8_recipe` says how INT8 must be expressed in the ONNX
   for this device; it is None exactly when "int8" is not in `precisions`. `recipe_for()` is
   the one place where a policy's own recipe, the device's and the default are resolved.
+  `fastest_precision` is the uniform precision the device runs a model fastest in, what a
+  user deploys in (a search's uniform references use it): by default the first offered of
+  int8, bf16, fp16, fp32; a device whose hardware ranks them otherwise says so.
 - `accuracy_runtime` names the runtime the mAP of an artifact for this device is measured
   on (one of `evaluators.accuracy.RUNTIMES`).
 - `measure(path, settings=...)` returns a `LatencyMeasurement`. A missing or unreadable
@@ -42,7 +45,7 @@ from pathlib import Path
 from evaluators.artifact import check_artifact, structure_hash
 from evaluators.cache import LatencyCache
 from evaluators.inputs import synthetic_inputs
-from evaluators.vocabulary import Int8Recipe, UserError
+from evaluators.vocabulary import PRECISIONS, Int8Recipe, UserError
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,11 @@ class Device(ABC):
         self.name = name
         self._cache_arg = cache
         self._serial = threading.Lock()
+
+    @property
+    def fastest_precision(self) -> str:
+        """The uniform precision this device runs fastest (see the module docstring)."""
+        return next(p for p in PRECISIONS if p in self.precisions)
 
     @abstractmethod
     def fingerprint(self) -> Fingerprint:

@@ -21,6 +21,10 @@ INT8 with bf16 (an NNCF graph whose float parts run bf16) compiled on that EPYC;
 implementations"). A graph the plugin refuses is a `UserError` naming the precision, so
 the trial fails with that reason; an INT8 artifact without bf16 units compiles at f32.
 
+Fastest precision: bf16 where it is offered, else int8. On an AMX Xeon (YOLO11n at 192 px,
+1 thread, timed side by side) the unpruned model ran 7.04 ms in f32, 6.71 ms in NNCF INT8
+(float parts f32) and 4.5 ms in bf16; pruned uniformly 0.5, 3.45 ms f32 vs 5.24 ms INT8.
+
 INT8 pays on OpenVINO only for an NNCF-quantized graph (an ONNX Runtime Q/DQ file ran no
 faster than FP32), so the recipe names quantizer="nncf"; its other fields describe NNCF's
 performance preset (symmetric, per-channel weights).
@@ -50,6 +54,11 @@ class OpenVinoCpuDevice(LocalDevice):
         self.threads = threads
         self.precisions = ("fp32", "bf16", "int8") if native_bf16() else ("fp32", "int8")
         self._fingerprint = None
+
+    @property
+    def fastest_precision(self) -> str:
+        """bf16 where the CPU runs it natively (faster than INT8 here, see the module docstring), else int8."""
+        return "bf16" if "bf16" in self.precisions else "int8"
 
     def config(self, execution: Execution = Execution()) -> dict:
         """The compile-time properties for an artifact that asks for `execution` (default: FP32)."""

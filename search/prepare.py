@@ -67,6 +67,7 @@ class Prepared:
             "pruning_units": [u.name for u in ctx.space.pruning_units],
             "precision_units": list(ctx.space.precision_units),
             "offered": list(ctx.space.offered),
+            "fastest_precision": ctx.space.fastest_precision(),
             "segments": [[s.name, s.first, s.last] for s in ctx.space.segments],
             "dimensions": ctx.space.dimensions(),
             "guided_starts": {name: start.to_dict() for name, start in self.starts.items()},
@@ -158,6 +159,8 @@ def prepare(
         max_epochs=config.finetune_epochs,
         ratio_ranges=sensitivity_ranges(config, checkpoint, model),
         segments=graph_segments(model, config.imgsz) if config.space == "segments" else (),
+        # a resumed study keeps the references it was created with (a record without one: the speed order)
+        fastest=record.get("fastest_precision", "") if record is not None else device.fastest_precision,
     )
     timing = TimingSettings(min_seconds=config.latency_min_seconds)
     if record is not None:

@@ -42,8 +42,7 @@ from spaces.pruning import RATIO_RANGE, REFERENCE_RATIOS, PruningUnit, ratio_par
 from spaces.segments import Segment, members, segment_precision_params, segment_ratio_params
 
 # Fastest first (PRECISIONS' order: int8, bf16, fp16, fp32): a reference point uses the first
-# precision the device offers. A device offers bf16 only where it is native, and there it
-# beats fp16 (OpenVINO on CPUs); int8 stays first, its accuracy cost is for the search to weigh.
+# precision the device offers, unless the space names the device's own (`fastest`).
 _SPEED_ORDER = PRECISIONS
 
 
@@ -59,6 +58,8 @@ class SearchSpace:
     teachers: distillation teachers to choose among (None = the study's baseline).
     segments: search one ratio and one precision per segment (`spaces.segments.graph_segments`);
         empty: per unit.
+    fastest: the device's fastest uniform precision (`Device.fastest_precision`), the precision of
+        the pruned reference policies; "" (or one not offered): the first offered of int8, bf16, fp16, fp32.
 
     Raises UserError on construction when fp32 is not offered, or when a declaration
     rejects its range (a ratio range outside [0, MAX_RATIO), an unknown unit, an unknown precision).
@@ -72,6 +73,7 @@ class SearchSpace:
     max_epochs: int = 3
     teachers: tuple[str | None, ...] = (None,)
     segments: tuple[Segment, ...] = ()
+    fastest: str = ""
 
     def __post_init__(self) -> None:
         if not self.offered:
@@ -147,6 +149,9 @@ class SearchSpace:
         return out
 
     def fastest_precision(self) -> str:
+        """The precision of the pruned reference policies: `fastest` if offered, else the first offered in speed order."""
+        if self.fastest in self.offered:
+            return self.fastest
         return next(p for p in _SPEED_ORDER if p in self.offered)
 
     def pruned_finetune(self) -> DistillationSettings:

@@ -51,6 +51,8 @@ def test_bf16_is_offered_exactly_where_the_cpu_computes_it():
     if not CPU_BF16:
         assert "bf16" not in offered
     assert {"fp32", "int8"} <= set(offered) and "fp16" not in offered  # an FP16 file runs in f32 there
+    # what a user deploys in there, and the precision of a study's uniform pruned references
+    assert OpenVinoCpuDevice().fastest_precision == ("bf16" if NATIVE else "int8")
 
 
 def test_the_fingerprint_describes_the_device_not_the_artifact():

@@ -1,6 +1,7 @@
 """bf16 units: an FP32 graph that says how it must run (metadata), on a real YOLO11n (nc=10, 64 px)."""
 
 import json
+from dataclasses import replace
 
 import onnx
 import pytest
@@ -74,3 +75,8 @@ def test_reference_policies_include_all_bf16_when_offered():
     assert "prune-0.5-bf16" in refs
     with_int8 = SearchSpace(pruning_units=units, precision_units=("model.0",), offered=("fp32", "bf16", "fp16", "int8"))
     assert with_int8.fastest_precision() == "int8"
+    # a device that runs bf16 faster than INT8 (OpenVINO on a bf16 CPU) names it: the pruned references follow
+    ranked = replace(with_int8, fastest="bf16")
+    assert ranked.fastest_precision() == "bf16" and "prune-0.5-bf16" in ranked.reference_policies()
+    assert "all-int8" in ranked.reference_policies()  # every offered precision keeps its all-<p> reference
+    assert replace(with_int8, fastest="fp16", offered=("fp32", "int8")).fastest_precision() == "int8"
