@@ -14,8 +14,10 @@ from search.bench.points import (
     CONTENDERS,
     FP32,
     PEER,
+    PER_UNIT,
     RANDOM,
     SEARCH,
+    SEARCHES,
     UNIFORM,
     BenchPoint,
     BenchResult,
@@ -32,7 +34,14 @@ _TITLES = {FP32: "FP32 baseline", PEER: "one-command peer", UNIFORM: "uniform", 
 
 
 def title(result: BenchResult, contender: str) -> str:
+    if contender == PER_UNIT:
+        return f"squeezefit search, per-unit space ({result.sampler})"
     return f"squeezefit search ({result.sampler})" if contender == SEARCH else _TITLES[contender]
+
+
+def _ran(result: BenchResult) -> tuple[str, ...]:
+    """The contenders this run measured, in `CONTENDERS` order (the per-unit space only with `--per-unit`)."""
+    return tuple(c for c in CONTENDERS if c != PER_UNIT or result.of(c))
 
 
 def _cell(point: BenchPoint | None, result: BenchResult) -> str:
@@ -45,9 +54,9 @@ def summary_rows(result: BenchResult) -> list[dict]:
     """The main table: each uniform policy, the FP32 baseline, and each search by its best point within the budget."""
     l0, m0 = result.baseline_latency_ms, result.baseline_map
     rows = []
-    for contender in CONTENDERS:
+    for contender in _ran(result):
         points = result.of(contender)
-        if contender in (SEARCH, RANDOM):
+        if contender in SEARCHES:
             best = best_under(points, result.budget_ms)
             shown = [best] if best else []
         else:
@@ -90,8 +99,9 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         f"- Study config `{cfg.get('name')}`: model `{cfg.get('model')}`, data `{cfg.get('data')}`, imgsz {cfg.get('imgsz')}, "
         f"device `{cfg.get('device')}`, fine-tune {cfg.get('finetune_epochs')} epoch(s) on {cfg.get('train_images') or 'all'} train images, "
         f"validation on {cfg.get('val_images') or 'all'} val images, calibration {cfg.get('calibration_images')} images, seed {cfg.get('seed')}",
-        f"- Searches: {result.trials} trials each (the enqueued reference policies included), sampler {result.sampler} vs random, "
-        f"early stopping {'on' if result.early_stop else 'off'} for both, no time limit; studies "
+        f"- Searches: {result.trials} trials each (the enqueued reference policies included), sampler {result.sampler} vs random"
+        + (f" and {result.sampler} over the per-unit space" if result.of(PER_UNIT) else "")
+        + f", early stopping {'on' if result.early_stop else 'off'} for all, no time limit; studies "
         + ", ".join(f"`{s}`" for s in result.studies.values())
         + f" in `{result.storage}`",
         *(
@@ -137,7 +147,7 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         "| contender | wall (s) | policies | of which complete | policy compute (s) |",
         "|---|---:|---:|---:|---:|",
     ]
-    for c in CONTENDERS:
+    for c in _ran(result):
         pts = result.of(c)
         lines.append(
             f"| {title(result, c)} | {result.wall_seconds.get(c, 0):.0f} | {len(pts)} | "
@@ -160,7 +170,8 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         gap = f"{s.map50_95 - u.map50_95:+.4f}" if s and u else "—"
         cells = " | ".join(_cell(x, result) for x in (q, u, r, s))
         lines.append(f"| {fraction:g}·L0 | {cap:.3f} | {cells} | {gap} |")
-    hv = {c: hypervolume(result.of(c), budget) for c in (UNIFORM, RANDOM, SEARCH)}
+    fronts = [c for c in (UNIFORM, RANDOM, PER_UNIT, SEARCH) if c in _ran(result)]
+    hv = {c: hypervolume(result.of(c), budget) for c in fronts}
     lines += [
         "",
         "## Hypervolume",
@@ -172,12 +183,12 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         "| front | points on it | hypervolume (ms·mAP) | vs random |",
         "|---|---:|---:|---:|",
     ]
-    for c in (UNIFORM, RANDOM, SEARCH):
+    for c in fronts:
         ratio = f"{hv[c] / hv[RANDOM]:.2f}x" if hv[RANDOM] > 0 else "—"
         lines.append(f"| {title(result, c)} | {len(front(result.of(c), budget))} | {hv[c]:.5f} | {ratio} |")
     lines += ["", "## Targets", "", "| target | result | measured |", "|---|---|---|"]
     lines += [f"| {t.name} | {'PASS' if t.passed else 'FAIL'} | {t.detail} |" for t in targets]
-    for c in (SEARCH, RANDOM):
+    for c in [c for c in (SEARCH, RANDOM, PER_UNIT) if c in _ran(result)]:
         lines += [
             "",
             f"## Front of the {title(result, c)}",
@@ -228,7 +239,8 @@ def plot_bench(result: BenchResult, png: Path) -> Path:
     l0, budget = result.baseline_latency_ms, result.budget_ms
     fig, ax = latency_map_axes((9, 5.5))
     # The random front is drawn last, dashed, so it stays visible where the two fronts coincide.
-    for c, colour, style, width in ((SEARCH, "#4C72B0", "-", 3.0), (RANDOM, "#555555", "--", 1.5)):
+    series = ((SEARCH, "#4C72B0", "-", 3.0), (PER_UNIT, "#55A868", ":", 2.0), (RANDOM, "#555555", "--", 1.5))
+    for c, colour, style, width in series:
         pts = [p for p in result.of(c) if p.status == "complete"]
         ax.scatter([p.latency_ms for p in pts], [p.map50_95 for p in pts], c=colour, alpha=0.4, s=18)
         if f := front(pts, budget):

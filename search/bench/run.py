@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 
-from search.bench.points import FP32, PEER, RANDOM, SEARCH, UNIFORM, BenchPoint, BenchResult
+from search.bench.points import FP32, PEER, PER_UNIT, RANDOM, SEARCH, UNIFORM, BenchPoint, BenchResult
 
 _VERSIONED = ("squeezefit", "torch", "ultralytics", "torch-pruning", "onnxruntime", "openvino", "nncf", "optuna", "ray")
 
@@ -116,11 +116,20 @@ def bench_name() -> str:
     return time.strftime("bench-%Y%m%d-%H%M%S")
 
 
-def run_bench(config, *, name: str, cache_path: Path, early_stop: bool = True, command: str = "") -> BenchResult:
+def run_bench(
+    config,
+    *,
+    name: str,
+    cache_path: Path,
+    early_stop: bool = True,
+    command: str = "",
+    per_unit: bool = False,
+) -> BenchResult:
     """Measure every contender for the StudyConfig `config` (its `trials` per search) in this process.
 
-    Studies `<name>-<sampler>` and `<name>-random` are created in the config's storage
-    (UserError if either exists); no time limit applies, so both searches finish exactly
+    Studies `<name>-<sampler>` and `<name>-random` (and `<name>-per-unit-<sampler>` with
+    `per_unit`: the config's search over the per-unit space) are created in the config's
+    storage (UserError if one exists); no time limit applies, so every search finishes exactly
     `config.trials` trials. `cache_path` is the run's fresh latency cache.
     """
     import torch
@@ -140,11 +149,16 @@ def run_bench(config, *, name: str, cache_path: Path, early_stop: bool = True, c
         raise UserError(
             "the bench compares a guided sampler against random search; set the config's sampler to tpe or nsga2."
         )
+    if per_unit and config.space == "per-unit":
+        raise UserError(
+            "the per-unit contender compares the segments space with the per-unit one; the config "
+            "already searches per unit: set its space to segments."
+        )
     config = replace(
         config, time_limit_min=None
     )  # a time limit would cut the slower search short: same trial count for both
-    searches = {SEARCH: config.sampler, RANDOM: "random"}
-    studies = {c: f"{name}-{s}" for c, s in searches.items()}
+    searches = {SEARCH: config.sampler, RANDOM: "random", **({PER_UNIT: config.sampler} if per_unit else {})}
+    studies = {c: f"{name}-{c + '-' if c == PER_UNIT else ''}{s}" for c, s in searches.items()}
     for study_name in studies.values():
         check_can_start(study_name, config.storage_url, resume=False)  # before minutes of preparation
     date, walls, points = time.strftime("%Y-%m-%d %H:%M:%S %Z"), {}, []
@@ -189,11 +203,18 @@ def run_bench(config, *, name: str, cache_path: Path, early_stop: bool = True, c
 
         for contender, sampler in searches.items():
             start = time.perf_counter()
+            # the per-unit contender: the same search over one ratio and one precision per block
+            searched = replace(ctx, space=replace(ctx.space, segments=())) if contender == PER_UNIT else ctx
             # random search is the plain baseline: the uniform references, no guided starts
-            starts = guided_starts(ctx) if contender == SEARCH and config.starts == "guided" else {}
+            starts = guided_starts(searched) if contender != RANDOM and config.starts == "guided" else {}
             run_search(
-                replace(config, name=studies[contender], sampler=sampler),
-                replace(prepared, starts=starts),
+                replace(
+                    config,
+                    name=studies[contender],
+                    sampler=sampler,
+                    space="per-unit" if contender == PER_UNIT else config.space,
+                ),
+                replace(prepared, context=searched, starts=starts),
                 name=studies[contender],
                 early_stop=early_stop,
             )

@@ -16,9 +16,9 @@ HELP = "Benchmark the search against uniform compression and random search on on
 DEFAULT_TRIALS = 20
 
 EPILOG = f"""\
-Contenders: the FP32 baseline; uniform policies (all-INT8, all-FP16, uniform pruning
-0.25/0.5/0.75 at INT8 with distillation, 0.5 without); random search; the configured
-search. Both searches run the same number of trials (the reference policies included,
+Contenders: the FP32 baseline; Ultralytics' one-command exports; uniform policies (all-<p>
+for every precision the device offers, uniform pruning 0.25/0.5/0.75 at the device's fastest
+precision with distillation, 0.5 without); random search; the configured search. Both searches run the same number of trials (the reference policies included,
 computed once and shared), the config's budget and fine-tune fidelity, the same
 early-stopping setting and no time limit.
 
@@ -31,6 +31,7 @@ the bench ends in ~30-55 min, ~85 min if every sampled policy is fine-tuned for 
 at the slow end; the one-command peers add ~1 min. Recovery (`recover_epochs`, 10 in
 studies/default.yaml) adds ~70 s per epoch for each distinct best policy recovered (at most
 six: uniform and search under 0.5, 0.33 and 0.25 x L0); --recover-epochs 0 leaves it out.
+--per-unit adds a third search of the same size (with its guided starts, ~1-2 min).
 studies/smoke.yaml --trials 7 ends in ~3 min.
 """
 
@@ -53,7 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report", type=Path, help="markdown report path; the PNG and JSON go beside it (default <out>/bench.md)"
     )
-    parser.add_argument("--no-early-stop", action="store_true", help="never stop a fine-tune early, in both searches")
+    parser.add_argument("--no-early-stop", action="store_true", help="never stop a fine-tune early, in every search")
+    parser.add_argument(
+        "--per-unit",
+        action="store_true",
+        help="also run the config's search over the per-unit space at equal trials (what the segments space buys)",
+    )
     parser.add_argument(
         "--recover-epochs",
         type=int,
@@ -74,7 +80,12 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("out") / name
     command = "squeezefit bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if "bench" in sys.argv[1:2] else ""
     result = run_bench(
-        config, name=name, cache_path=out / "latency-cache.sqlite", early_stop=not args.no_early_stop, command=command
+        config,
+        name=name,
+        cache_path=out / "latency-cache.sqlite",
+        early_stop=not args.no_early_stop,
+        command=command,
+        per_unit=args.per_unit,
     )
     report, png, raw = write_outputs(result, args.report or out / "bench.md")
     print(f"\nbench {name}: wall {sum(result.wall_seconds.values()) / 60:.1f} min")

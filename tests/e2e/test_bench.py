@@ -6,7 +6,8 @@ import math
 import pytest
 
 from search.bench.peers import OLIVE, ONNX_INT8, OPENVINO, OPENVINO_INT8
-from search.bench.points import FP32, PEER, RANDOM, SEARCH, UNIFORM, BenchResult, check_targets
+from search.bench.points import FP32, PEER, PER_UNIT, RANDOM, SEARCH, UNIFORM, BenchResult, check_targets
+from search.study import load_study, study_record
 from tests.conftest import REPO, run_cli
 
 SMOKE_BASELINE = REPO / "studies" / "baseline" / "yolo11n-digits.pt"
@@ -30,6 +31,7 @@ def test_bench_end_to_end_on_the_smoke_config(tmp_path):
         str(report),
         "--recover-epochs",
         "1",
+        "--per-unit",
     ]
     result = run_cli(args, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -47,6 +49,13 @@ def test_bench_end_to_end_on_the_smoke_config(tmp_path):
     assert len(searched) == len(rand) == 7
     refs = lambda points: {(p.label, p.policy_id) for p in points if not p.label.startswith("trial ")}  # noqa: E731
     assert refs(searched) == refs(rand) and len(refs(searched)) == references  # the same enqueued references
+    # The per-unit contender: the same search over the per-unit space, as many trials, the same references.
+    per_unit = bench.of(PER_UNIT)
+    assert len(per_unit) == 7 and refs(per_unit) == refs(searched)
+    spaces = {
+        c: study_record(load_study(bench.studies[c], bench.storage))["config"]["space"] for c in (SEARCH, PER_UNIT)
+    }
+    assert spaces == {SEARCH: "segments", PER_UNIT: "per-unit"}, spaces
     by_id = {p.policy_id: p for p in uniform}
     for p in searched:
         if p.policy_id in by_id and p.status == "complete":  # reused, not re-measured
@@ -66,7 +75,11 @@ def test_bench_end_to_end_on_the_smoke_config(tmp_path):
     assert all(d["ratio_low"] <= d["ratio"] <= d["ratio_high"] for d in details.values() if not d["skipped"])
     text = report.read_text()
     assert "squeezefit bench studies/smoke.yaml --trials 7" in text and "## Targets" in text and "| 0.25·L0 |" in text
-    assert "## One-command peers" in text and f"skipped: {details[OLIVE]['skipped']}" in text
+    assert (
+        "per-unit space (tpe)" in text
+        and "## One-command peers" in text
+        and f"skipped: {details[OLIVE]['skipped']}" in text
+    )
     assert report.with_suffix(".png").stat().st_size > 10_000
     for target in check_targets(bench):  # the verdicts printed are the ones the results give
         assert f"{'PASS' if target.passed else 'FAIL'}  {target.name}: {target.detail}" in result.stdout

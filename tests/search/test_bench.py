@@ -11,6 +11,7 @@ import pytest
 from search.bench.points import (
     FP32,
     PEER,
+    PER_UNIT,
     RANDOM,
     SEARCH,
     UNIFORM,
@@ -95,8 +96,15 @@ PEERS = (
 )
 
 
-def _result(search_points, random_points, uniform_points, peer_points=()) -> BenchResult:
-    points = (P(FP32, "fp32", 0.50, 10.0), *peer_points, *uniform_points, *search_points, *random_points)
+def _result(search_points, random_points, uniform_points, peer_points=(), per_unit_points=()) -> BenchResult:
+    points = (
+        P(FP32, "fp32", 0.50, 10.0),
+        *peer_points,
+        *uniform_points,
+        *search_points,
+        *random_points,
+        *per_unit_points,
+    )
     return BenchResult(
         name="bench-test",
         command="squeezefit bench studies/x.yaml --trials 9",
@@ -140,12 +148,13 @@ def _winning_result() -> BenchResult:
         P(RANDOM, "trial 8", 0.2, 6.0, "infeasible"),
     ]
     peers = [P(PEER, "ultralytics openvino", 0.495, 6.0), P(PEER, "ultralytics onnx int8", 0.45, 9.0)]
-    return _result(search, rand, uniform, peers)
+    per_unit = [P(PER_UNIT, "trial 5", 0.40, 3.0), P(PER_UNIT, "trial 6", 0.2, 5.5, "infeasible")]
+    return _result(search, rand, uniform, peers, per_unit)
 
 
 def test_targets_pass_and_fail_as_measured():
     targets = check_targets(_winning_result())
-    assert [t.passed for t in targets] == [True] * 9, targets
+    assert [t.passed for t in targets] == [True] * 10, targets
     assert "98.0%" in targets[0].detail and "trial 7" in targets[0].detail
     assert targets[7].detail == "trial 7 0.4900 at 3.00 ms vs ultralytics openvino 0.4950 at 6.00 ms"
     # Search no better than uniform anywhere, its front no larger than random's, a peer faster and better.
@@ -156,7 +165,8 @@ def test_targets_pass_and_fail_as_measured():
         [P(PEER, "ultralytics openvino", 0.49, 1.9)],
     )
     targets = check_targets(losing)
-    assert [t.passed for t in targets] == [False] * 9
+    assert [t.passed for t in targets] == [False] * 10
+    assert "not run" in targets[9].detail  # no per-unit contender: the target is not met, and says why
     assert "ultralytics openvino (0.4900, 1.90 ms) over trial 7" in targets[6].detail
     # A front point at 95% of M0 that is slower than a peer there fails the speed target only.
     slower = _result([P(SEARCH, "trial 7", 0.49, 3.0)], [], [], [P(PEER, "ultralytics openvino", 0.48, 2.5)])
@@ -173,7 +183,10 @@ def test_report_has_the_headline_figures(tmp_path):
     hv_search = hypervolume(result.of(SEARCH), 5.0)
     hv_random = hypervolume(result.of(RANDOM), 5.0)
     for needle in (
-        "Targets passed: **9/9**",
+        "Targets passed: **10/10**",
+        f"{hypervolume(result.of(PER_UNIT), 5.0):.5f}",
+        "## Front of the squeezefit search, per-unit space (tpe)",
+        "| trial 5 | 3.000 | 3.33x | 0.4000 | 80.0% |",
         "L0 = 10.000 ms",
         "M0 = 0.5000",
         "squeezefit bench studies/x.yaml --trials 9",
