@@ -56,8 +56,10 @@ constraint (`latency_budget` = p50 - budget), and `transferred_from` (source tri
 `map_source` ("reused" | "revalidated" | "carried"), `source_map50_95`, `changed` (the
 deployed policy or its INT8 expression differs from the source's) and `changes` (what);
 `reference` names it when it is one of the new space's reference policies, so a continued
-search does not enqueue that policy again. Trials are added in the order of pass 2
-(fastest first). Running the transfer again resumes it: the target keeps its L0 and
+search does not enqueue that policy again. A recovered trial (`search.recover`) keeps its
+`recovery` and names its source by the source's number in the new study (`recovered_from`,
+absent when the source was not carried). Trials are added in the order of pass 2 (fastest
+first), except that a recovered trial whose source is still to come is added after it. Running the transfer again resumes it: the target keeps its L0 and
 budget, carried trials are skipped, and the trials it holds count as measured points.
 The target's record keeps the transfer's wall seconds (`transfer_seconds`, every run of
 it) and those of its preparation (`transfer_prepare_seconds`: the reference, L0 and, when
@@ -70,6 +72,7 @@ import functools
 import multiprocessing
 import os
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -82,6 +85,7 @@ from evaluators.base import Device
 from evaluators.environment import ensure_offline
 from evaluators.registry import get_device
 from evaluators.vocabulary import Int8Recipe, UserError
+from search.recover import RECOVERED_ATTR
 from search.study import STUDY_ATTR, load_study, study_record
 from search.transfer_report import TransferReport, transfer_report
 from search.transfer_target import SELECTIONS, open_target, select_trials, target_config
@@ -288,15 +292,30 @@ def _time_all(trials, target: _Target, held) -> tuple[list[_Carry], list[tuple[i
 
 
 def _settle_all(carries, target: _Target, study, margin: float) -> None:
-    """Pass 2: each timed trial's mAP, fastest first (see the module docstring); added to `study` in that order."""
+    """Pass 2: each timed trial's mAP, fastest first (see the module docstring); added to `study` in that order,
+    except that a recovered trial whose source is still to come waits for it (its link names the source's
+    number in `study`)."""
     budget = target.ctx.budget_ms
     measured = _measured_points(study, budget)
+    numbers = {
+        t.user_attrs["transferred_from"]: t.number
+        for t in study.get_trials(deepcopy=False)
+        if "transferred_from" in t.user_attrs
+    }
+    coming = {c.trial.number for c in carries}
+    waiting = []
     for one in sorted(carries, key=lambda c: (c.timed.latency.latency_ms, -c.source_map)):
         feasible = one.timed.feasible(budget)
         validate = feasible and worth_validating(one.source_map, one.timed.latency.latency_ms, measured, margin)
-        settled = _settle(one, target, study, validate)
+        settled = _settle(one, target, validate)
+        if one.trial.user_attrs.get(RECOVERED_ATTR) in coming.difference(numbers):
+            waiting.append((one, settled))
+        else:
+            numbers[one.trial.number] = _add_carried(study, one, settled, target, numbers)
         if feasible and settled.map_source != "carried":
             measured.append((settled.result.latency_ms, settled.result.map50_95))
+    for one, settled in waiting:
+        numbers[one.trial.number] = _add_carried(study, one, settled, target, numbers)
 
 
 @dataclass(frozen=True)
@@ -376,14 +395,19 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _settle(one: _Carry, target: _Target, study, validate: bool):
-    """Pass 2 for one timed trial: its mAP (reused, validated or carried); added to `study`."""
-    settled = settle_carried(
+def _settle(one: _Carry, target: _Target, validate: bool):
+    """Pass 2 for one timed trial: its mAP (reused, validated or carried)."""
+    return settle_carried(
         one.timed,
         target.ctx,
         validate=validate,
         origin=f"carried over from study {target.source!r} trial {one.trial.number}",
     )
+
+
+def _add_carried(study, one: _Carry, settled, target: _Target, numbers: Mapping[int, int]) -> int:
+    """Add a settled trial to `study`, linked to its source trial; a recovered one keeps its recovery and names
+    its source's number in `study` (`numbers`: source number -> number here), if that was carried. Its number."""
     extra = {
         "transferred_from": one.trial.number,
         "map_source": settled.map_source,
@@ -393,8 +417,11 @@ def _settle(one: _Carry, target: _Target, study, validate: bool):
     }
     if reference := target.references.get(one.timed.policy.policy_id):
         extra["reference"] = reference  # so a continued search does not enqueue it again
-    _add_trial(study, settled.result, extra, target)
-    return settled
+    if "recovery" in one.trial.user_attrs:
+        extra["recovery"] = one.trial.user_attrs["recovery"]
+        if (source := numbers.get(one.trial.user_attrs.get(RECOVERED_ATTR))) is not None:
+            extra[RECOVERED_ATTR] = source
+    return _add_trial(study, settled.result, extra, target)
 
 
 def _recipe_change(before: Int8Recipe | None, after: Int8Recipe) -> str:
@@ -404,10 +431,10 @@ def _recipe_change(before: Int8Recipe | None, after: Int8Recipe) -> str:
     return "INT8 recipe " + ", ".join(diff)
 
 
-def _add_trial(study, result: TrialResult, extra: dict, target: _Target) -> None:
+def _add_trial(study, result: TrialResult, extra: dict, target: _Target) -> int:
     """Add a COMPLETE trial with the parameters the target space's define-by-run gives its policy; its
-    duration is the sum of its steps' seconds (its real cost, for `study_seconds`)."""
+    duration is the sum of its steps' seconds (its real cost, for `study_seconds`). Its number."""
     params, distributions = target.ctx.space.replay(Policy.from_dict(result.policy))
-    add_measured_trial(
+    return add_measured_trial(
         study, params, distributions, result, extra, objectives=target.objectives, budget_ms=target.ctx.budget_ms
     )

@@ -116,3 +116,27 @@ def test_recover_user_errors_leave_the_study_alone(smoke_study, study_copy, caps
     assert "only a complete trial" in err and "no finished trial number 999" in err
     assert "at least 1 epoch" in err and "fits a 0.00 ms budget" in err and "got 3 steps" in err
     assert len(load_study(smoke_study.name, study_copy).trials) == before
+
+
+def test_a_transfer_keeps_each_recovery_linked_to_its_carried_source(smoke_study, study_copy):
+    study = load_study(smoke_study.name, study_copy)
+    budget = study_record(study)["budget_ms"]
+    base = ["recover", "--study", smoke_study.name, "--storage", study_copy]
+    assert main([*base, "--budget-ms", str(budget), *RECOVER]) == 0  # the stored recovery, if the first test ran
+    recovered = [t for t in load_study(smoke_study.name, study_copy).trials if "recovered_from" in t.user_attrs]
+    target = f"{smoke_study.name}-moved"
+    command = ["transfer", "--study", smoke_study.name, "--storage", study_copy, "--device", "ort-cpu:2"]
+    assert main([*command, "--name", target, "--select", "all"]) == 0
+    dst = load_study(target, study_copy)
+    here = {t.user_attrs["transferred_from"]: t for t in dst.trials}
+    for trial in recovered:
+        moved = here[trial.number].user_attrs
+        assert moved["recovery"] == trial.user_attrs["recovery"]
+        # the link names the source's number in the new study, which was added before it
+        source_here = moved["recovered_from"]
+        assert dst.trials[source_here].user_attrs["transferred_from"] == trial.user_attrs["recovered_from"]
+        assert source_here < here[trial.number].number
+    table = trials_table(dst).set_index("trial")
+    assert {int(n) for n in table["recovered_from"].dropna()} == {
+        here[t.user_attrs["recovered_from"]].number for t in recovered
+    }
