@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, default=DEFAULT_OUTPUT, help="markdown report (default benchmarks/results/transfer.md)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the transferred studies and their outputs")
+    parser.add_argument(
+        "--source-wall-min",
+        type=float,
+        help="the source command's own wall time in minutes (e.g. `time make demo`: preparation, guided starts, "
+        "trials, recovery, export), reported beside the sum of its trials' durations",
+    )
     args = parser.parse_args(argv)
 
     from search.study import StudyConfig, load_study, study_record
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     text = _report(
         source,
         study_record(source),
-        study_seconds(source),
+        (study_seconds(source), _seconds_without_recovery(source), args.source_wall_min),
         rows,
         argv if argv is not None else sys.argv[1:],
         load_before,
@@ -101,6 +107,15 @@ def _transfer(study: str, storage: str, device: str, name: str, select: str) -> 
     return {"device": device, "wall_s": wall, "report": json.loads(done.stdout)}
 
 
+def _seconds_without_recovery(study) -> float:
+    """The sum of the durations of a study's trials that are not recoveries (`squeezefit recover`)."""
+    return sum(
+        t.duration.total_seconds()
+        for t in study.get_trials(deepcopy=False)
+        if t.duration is not None and "recovery" not in t.user_attrs
+    )
+
+
 def _delete(name: str, storage: str) -> None:
     import optuna
 
@@ -119,10 +134,14 @@ def _versions() -> str:
     )
 
 
-def _report(source, record: dict, source_s: float, rows: list[dict], argv, load_before, load_after) -> str:
+def _report(source, record: dict, source_times, rows: list[dict], argv, load_before, load_after) -> str:
+    """source_times: (sum of the source's trial durations, the same without recoveries, the source command's wall
+    minutes or None), in seconds but the last."""
     from evaluators.hardware import cpu_description
 
     config = record["config"]
+    source_s, searched_s, wall_min = source_times
+    recovered = sum("recovery" in t.user_attrs for t in source.trials)
     lines = [
         "# Reusing a study on a new device",
         "",
@@ -135,15 +154,23 @@ def _report(source, record: dict, source_s: float, rows: list[dict], argv, load_
         f"after: {'/'.join(f'{x:.2f}' for x in load_after)}",
         f"- source: study `{source.study_name}` on `{record['device']}`, {len(source.trials)} trials, "
         f"{config['imgsz']} px, {config['finetune_epochs']} fine-tune epoch(s) on {config['train_images'] or 'all'} images, "
-        f"validation on {config['val_images'] or 'all'} images; search time {source_s / 60:.1f} min (sum of its trials' durations)",
+        f"validation on {config['val_images'] or 'all'} images; search time {source_s / 60:.1f} min (sum of its trials' durations"
+        + (
+            f", of which {(source_s - searched_s) / 60:.1f} min recovering {recovered} polic{'y' if recovered == 1 else 'ies'}"
+            if recovered
+            else ""
+        )
+        + ")"
+        + (f"; the source command's own wall time {wall_min:.1f} min" if wall_min else ""),
         "- each transfer: a fresh `squeezefit transfer --json` process with an empty latency cache; wall = the whole process;"
         f" target <= {TARGET_FRACTION:.0%} of the source's search time, every trial on the new front with a measured mAP",
         "",
         "| device | carried | mAP reused / validated / carried | validations skipped | skipped | "
-        "source search (min) | transfer wall (min) | fraction of search | <= 10% | every front mAP measured "
+        "source search (min) | transfer wall (min) | fraction of search | <= 10% | without recovery "
+        "| of the source command | every front mAP measured "
         "| artifacts / latency / full builds / validation / preparation / rest (min) "
         "| latency rank corr. (Spearman) | source front | new front | left the front | joined the front |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         r, wall = row["report"], row["wall_s"]
@@ -156,7 +183,9 @@ def _report(source, record: dict, source_s: float, rows: list[dict], argv, load_
         lines.append(
             f"| {row['device']} | {len(r['trials'])} | {m['reused']} / {m['revalidated']} / {m['carried']} "
             f"| {r['validations_skipped']} | {len(r['skipped'])} | {source_s / 60:.2f} | {wall / 60:.2f} "
-            f"| {fraction:.1%} | {'yes' if fraction <= TARGET_FRACTION else 'no'} | {'yes' if r['front_measured'] else 'NO'} "
+            f"| {fraction:.1%} | {'yes' if fraction <= TARGET_FRACTION else 'no'} "
+            f"| {wall / searched_s if searched_s > 0 else float('nan'):.1%} "
+            f"| {f'{wall / 60 / wall_min:.1%}' if wall_min else '-'} | {'yes' if r['front_measured'] else 'NO'} "
             f"| {' / '.join(f'{x / 60:.2f}' for x in split)} | {'n/a' if rho is None else f'{rho:.3f}'} "
             f"| {len(r['source_front'])} | {len(r['front'])} | {_trials(r['lost_from_front'])} | {_trials(r['gained_on_front'])} |"
         )
