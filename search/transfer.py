@@ -59,8 +59,9 @@ deployed policy or its INT8 expression differs from the source's) and `changes` 
 search does not enqueue that policy again. A recovered trial (`search.recover`) keeps its
 `recovery` and names its source by the source's number in the new study (`recovered_from`,
 absent when the source was not carried). Trials are added in the order of pass 2 (fastest
-first), except that a recovered trial whose source is still to come is added after it. Running the transfer again resumes it: the target keeps its L0 and
-budget, carried trials are skipped, and the trials it holds count as measured points.
+first), except that a recovered trial whose source is still to come is added after it.
+Running the transfer again resumes it: the target keeps its L0 and budget, carried trials
+are skipped, and the trials it holds count as measured points.
 The target's record keeps the transfer's wall seconds (`transfer_seconds`, every run of
 it) and those of its preparation (`transfer_prepare_seconds`: the reference, L0 and, when
 needed, the budget check).

@@ -13,8 +13,8 @@ Contenders, all measured in one process on one device with the same fine-tune bu
 - "random": the same study with Optuna's RandomSampler, the same trial count, budget,
   enqueued reference policies and early-stopping setting;
 - "per-unit" (`bench --per-unit`): the configured search over the per-unit space (one
-  ratio and one precision per block) instead of the segments space, with its own guided
-  starts, the same trial count and fidelity: what the structured space buys.
+  ratio and one precision per block) instead of the segments space, with the same guided
+  starts (measured once), trial count and fidelity: what the structured space buys.
 
 All contenders share one per-policy result directory, so a policy two of them evaluate
 (the enqueued references) is computed once and reused with its measured scores; every

@@ -83,6 +83,7 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
     cfg, fp = result.config, result.fingerprint
     targets = check_targets(result)
     passed = sum(t.passed for t in targets)
+    ran = _ran(result)
     lines = [
         f"# squeezefit bench — {result.name}",
         "",
@@ -100,7 +101,7 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         f"device `{cfg.get('device')}`, fine-tune {cfg.get('finetune_epochs')} epoch(s) on {cfg.get('train_images') or 'all'} train images, "
         f"validation on {cfg.get('val_images') or 'all'} val images, calibration {cfg.get('calibration_images')} images, seed {cfg.get('seed')}",
         f"- Searches: {result.trials} trials each (the enqueued reference policies included), sampler {result.sampler} vs random"
-        + (f" and {result.sampler} over the per-unit space" if result.of(PER_UNIT) else "")
+        + (f" and {result.sampler} over the per-unit space" if PER_UNIT in ran else "")
         + f", early stopping {'on' if result.early_stop else 'off'} for all, no time limit; studies "
         + ", ".join(f"`{s}`" for s in result.studies.values())
         + f" in `{result.storage}`",
@@ -147,7 +148,7 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         "| contender | wall (s) | policies | of which complete | policy compute (s) |",
         "|---|---:|---:|---:|---:|",
     ]
-    for c in _ran(result):
+    for c in ran:
         pts = result.of(c)
         lines.append(
             f"| {title(result, c)} | {result.wall_seconds.get(c, 0):.0f} | {len(pts)} | "
@@ -170,7 +171,7 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         gap = f"{s.map50_95 - u.map50_95:+.4f}" if s and u else "—"
         cells = " | ".join(_cell(x, result) for x in (q, u, r, s))
         lines.append(f"| {fraction:g}·L0 | {cap:.3f} | {cells} | {gap} |")
-    fronts = [c for c in (UNIFORM, RANDOM, PER_UNIT, SEARCH) if c in _ran(result)]
+    fronts = [c for c in (UNIFORM, RANDOM, PER_UNIT, SEARCH) if c in ran]
     hv = {c: hypervolume(result.of(c), budget) for c in fronts}
     lines += [
         "",
@@ -188,7 +189,7 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         lines.append(f"| {title(result, c)} | {len(front(result.of(c), budget))} | {hv[c]:.5f} | {ratio} |")
     lines += ["", "## Targets", "", "| target | result | measured |", "|---|---|---|"]
     lines += [f"| {t.name} | {'PASS' if t.passed else 'FAIL'} | {t.detail} |" for t in targets]
-    for c in [c for c in (SEARCH, RANDOM, PER_UNIT) if c in _ran(result)]:
+    for c in [c for c in (SEARCH, RANDOM, PER_UNIT) if c in ran]:
         lines += [
             "",
             f"## Front of the {title(result, c)}",

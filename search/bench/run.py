@@ -158,7 +158,12 @@ def run_bench(
         config, time_limit_min=None
     )  # a time limit would cut the slower search short: same trial count for both
     searches = {SEARCH: config.sampler, RANDOM: "random", **({PER_UNIT: config.sampler} if per_unit else {})}
-    studies = {c: f"{name}-{c + '-' if c == PER_UNIT else ''}{s}" for c, s in searches.items()}
+    studies = {
+        SEARCH: f"{name}-{config.sampler}",
+        RANDOM: f"{name}-random",
+        PER_UNIT: f"{name}-per-unit-{config.sampler}",
+    }
+    studies = {c: studies[c] for c in searches}
     for study_name in studies.values():
         check_can_start(study_name, config.storage_url, resume=False)  # before minutes of preparation
     date, walls, points = time.strftime("%Y-%m-%d %H:%M:%S %Z"), {}, []
@@ -201,12 +206,16 @@ def run_bench(
             )
         walls[UNIFORM] = round(time.perf_counter() - start, 1)
 
+        guided = {}  # measured once, by the first search that takes them; their cost in its wall time
         for contender, sampler in searches.items():
             start = time.perf_counter()
             # the per-unit contender: the same search over one ratio and one precision per block
             searched = replace(ctx, space=replace(ctx.space, segments=())) if contender == PER_UNIT else ctx
-            # random search is the plain baseline: the uniform references, no guided starts
-            starts = guided_starts(searched) if contender != RANDOM and config.starts == "guided" else {}
+            # random search is the plain baseline: the uniform references, no guided starts; the searched spaces
+            # share the same starts (unit-level policies, valid in both), so they differ in what their samplers find
+            if contender != RANDOM and config.starts == "guided" and not guided:
+                guided = guided_starts(searched)
+            starts = guided if contender != RANDOM else {}
             run_search(
                 replace(
                     config,

@@ -18,9 +18,10 @@ DEFAULT_TRIALS = 20
 EPILOG = f"""\
 Contenders: the FP32 baseline; Ultralytics' one-command exports; uniform policies (all-<p>
 for every precision the device offers, uniform pruning 0.25/0.5/0.75 at the device's fastest
-precision with distillation, 0.5 without); random search; the configured search. Both searches run the same number of trials (the reference policies included,
-computed once and shared), the config's budget and fine-tune fidelity, the same
-early-stopping setting and no time limit.
+precision with distillation, 0.5 without); random search; the configured search. The
+searches run the same number of trials (the reference policies included, computed once and
+shared), the config's budget and fine-tune fidelity, the same early-stopping setting and no
+time limit.
 
 Duration on 2 cores (ort-cpu, 1 thread), studies/default.yaml (imgsz 192, 3 fine-tune
 epochs on 600 images, validation on 300): a fine-tuned policy costs 80-155 s (20-45 s
@@ -31,7 +32,7 @@ the bench ends in ~30-55 min, ~85 min if every sampled policy is fine-tuned for 
 at the slow end; the one-command peers add ~1 min. Recovery (`recover_epochs`, 10 in
 studies/default.yaml) adds ~70 s per epoch for each distinct best policy recovered (at most
 six: uniform and search under 0.5, 0.33 and 0.25 x L0); --recover-epochs 0 leaves it out.
---per-unit adds a third search of the same size (with its guided starts, ~1-2 min).
+--per-unit adds a third search of the same size, with the search's guided starts.
 studies/smoke.yaml --trials 7 ends in ~3 min.
 """
 
