@@ -158,6 +158,17 @@ def hypervolume(points: Iterable[BenchPoint], budget_ms: float) -> float:
     return hypervolume_2d(((p.latency_ms, p.map50_95) for p in front(searched, budget_ms)), (budget_ms, 0.0))
 
 
+def report_budgets(budget_ms: float, baseline_ms: float) -> list[float]:
+    """The budgets (ms, descending) the bench shows each contender's best under, and recovers that best at: the
+    search's own budget (where `make demo` recovers its exported policy), then `BUDGET_FRACTIONS` x L0 (one of
+    those within 0.1% of L0 of the search's budget is the same budget)."""
+    budgets = [budget_ms]
+    for fraction in BUDGET_FRACTIONS:
+        if all(abs(fraction * baseline_ms - b) > 1e-3 * baseline_ms for b in budgets):
+            budgets.append(fraction * baseline_ms)
+    return sorted(budgets, reverse=True)
+
+
 def best_under(points: Iterable[BenchPoint], budget_ms: float) -> BenchPoint | None:
     """The highest-mAP complete point with latency <= `budget_ms` (ties: the faster), or None."""
     fits = [p for p in points if p.status == "complete" and p.latency_ms <= budget_ms]

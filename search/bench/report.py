@@ -25,6 +25,7 @@ from search.bench.points import (
     check_targets,
     front,
     hypervolume,
+    report_budgets,
     retained,
     speedup,
 )
@@ -165,12 +166,12 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         "| budget | ms | best peer | uniform (best) | random search | squeezefit search | search − uniform |",
         "|---|---:|---|---|---|---|---:|",
     ]
-    for fraction in BUDGET_FRACTIONS:
-        cap = fraction * l0
+    for cap in report_budgets(budget, l0):
         q, u, r, s = (best_under(result.of(c), cap) for c in (PEER, UNIFORM, RANDOM, SEARCH))
         gap = f"{s.map50_95 - u.map50_95:+.4f}" if s and u else "—"
         cells = " | ".join(_cell(x, result) for x in (q, u, r, s))
-        lines.append(f"| {fraction:g}·L0 | {cap:.3f} | {cells} | {gap} |")
+        named = f"{cap / l0:.2g}·L0" + (" (search budget)" if cap == budget else "")
+        lines.append(f"| {named} | {cap:.3f} | {cells} | {gap} |")
     fronts = [c for c in (UNIFORM, RANDOM, PER_UNIT, SEARCH) if c in ran]
     hv = {c: hypervolume(result.of(c), budget) for c in fronts}
     lines += [

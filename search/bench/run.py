@@ -11,7 +11,18 @@ from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 
-from search.bench.points import FP32, PEER, PER_UNIT, RANDOM, SEARCH, UNIFORM, BenchPoint, BenchResult
+from search.bench.points import (
+    FP32,
+    PEER,
+    PER_UNIT,
+    RANDOM,
+    SEARCH,
+    UNIFORM,
+    BenchPoint,
+    BenchResult,
+    best_under,
+    report_budgets,
+)
 
 _VERSIONED = ("squeezefit", "torch", "ultralytics", "torch-pruning", "onnxruntime", "openvino", "nncf", "optuna", "ray")
 
@@ -75,18 +86,17 @@ def study_points(contender: str, study) -> list[BenchPoint]:
     return points
 
 
-def recover_bests(points: list[BenchPoint], ctx, epochs: int, baseline_ms: float, *, log=print) -> list[BenchPoint]:
-    """The uniform set's and the search's best point under each of `BUDGET_FRACTIONS` x L0, recovered `epochs`
-    epochs on the whole train split (`search.recover`; one recovery per policy), as recovered points."""
-    from search.bench.points import BUDGET_FRACTIONS, best_under
+def recover_bests(points: list[BenchPoint], ctx, epochs: int, budgets_ms, *, log=print) -> list[BenchPoint]:
+    """The uniform set's and the search's best point under each of `budgets_ms` (`report_budgets`), recovered
+    `epochs` epochs on the whole train split (`search.recover`; one recovery per policy), as recovered points."""
     from search.recover import RecoverySettings, recover_policy
     from search.trial_result import load_result
     from spaces.policy import Policy
 
     settings, done, recovered = RecoverySettings(epochs=epochs), set(), []
-    for fraction in BUDGET_FRACTIONS:
+    for budget in budgets_ms:
         for contender in (UNIFORM, SEARCH):
-            best = best_under([p for p in points if p.contender == contender], fraction * baseline_ms)
+            best = best_under([p for p in points if p.contender == contender], budget)
             if best is None or (contender, best.policy_id) in done:
                 continue
             done.add((contender, best.policy_id))
@@ -230,7 +240,9 @@ def run_bench(
             walls[contender] = round(time.perf_counter() - start, 1)
             points += study_points(contender, load_study(studies[contender], config.storage_url))
         if config.recover_epochs:
-            recovered = recover_bests(points, ctx, config.recover_epochs, prepared.baseline_latency_ms)
+            recovered = recover_bests(
+                points, ctx, config.recover_epochs, report_budgets(ctx.budget_ms, prepared.baseline_latency_ms)
+            )
             points += recovered
             for point in recovered:
                 walls[point.contender] = round(walls[point.contender] + point.seconds, 1)

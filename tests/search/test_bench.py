@@ -22,6 +22,7 @@ from search.bench.points import (
     front,
     hypervolume,
     hypervolume_2d,
+    report_budgets,
     retained,
     speedup,
 )
@@ -72,6 +73,9 @@ def test_front_and_best_under_budget():
     assert best_under(points, 1.2).label == "b"  # pruned and infeasible points never count
     assert best_under(points, 0.9) is None
     assert hypervolume(points, 3.0) == pytest.approx(hypervolume_2d([(1.0, 0.4), (2.0, 0.5)], (3.0, 0.0)))
+    # the search's own budget first (its best is recovered there as in `make demo`), then the L0 fractions
+    assert report_budgets(6.0, 10.0) == pytest.approx([6.0, 5.0, 3.3, 2.5])
+    assert report_budgets(5.0, 10.0) == pytest.approx([5.0, 3.3, 2.5])
     assert speedup(2.0, 8.0) == 4.0 and retained(0.45, 0.5) == pytest.approx(0.9) and retained(0.3, 0.0) == 0.0
 
 
@@ -192,6 +196,7 @@ def test_report_has_the_headline_figures(tmp_path):
         "squeezefit bench studies/x.yaml --trials 9",
         "Test CPU",
         "| 0.33·L0 | 3.300 |",
+        "| 0.5·L0 (search budget) | 5.000 |",  # the search's budget is the 0.5 row, listed once
         "0.4900 (98.0%, trial 7, 3.00 ms)",
         f"{hv_search:.5f}",
         f"{hv_random:.5f}",
