@@ -14,16 +14,19 @@ is created:
 3. Per-segment losses: from the model's stored sensitivity (`squeezefit sensitivity`,
    untuned per-unit mAP drops, `spaces.greedy.segment_losses`). Without it, no guided
    starts (said in one line).
-4. Per target: the greedy's policy is built and timed against the reference; if it misses
-   the target, the fraction of the estimated saving the timing showed scales every saving
-   (`spaces.greedy.realized_fraction`) and the greedy goes on from there, up to
-   `VERIFY_ROUNDS` times (all targets' candidates share each session).
+4. The greedy's path (`spaces.greedy.greedy_path`: its policies in order, one ratio step
+   at a time) is searched per target by timing: a bisection for the least-pruned policy
+   of the path that fits, starting where the additive estimate says, up to `VERIFY_ROUNDS`
+   rounds (all targets' candidates share each round's session). Summed per-segment
+   savings over-promise (neighbouring segments share a convolution) and each is measured
+   with noise; the path only needs their order to be roughly right.
 
 Artifacts are timing-only builds (few calibration images, no bias correction: the
 structure, hence the latency, of the full build) under `<ctx.outdir>/guided/`. A start is
 named `guided-<fraction>x` (its target as a fraction of L0) and fine-tuned like the
 uniform pruned references. Costs one build per (segment, ratio) plus a few per target: on
-YOLO11n (9 segments) 27 builds of a few seconds each at 192 px, then a short session per segment and 2-5 per verify round.
+YOLO11n (9 segments) 27 builds of a few seconds each at 192 px, then a short session per segment and
+up to `VERIFY_ROUNDS` sessions of a few policies each.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pathlib import Path
 from evaluators.registry import get_device
 from search.checkpoint import load_baseline
 from search.trial import TrialContext, build_screen
-from spaces.greedy import estimated_ms, greedy_ratios, realized_fraction, segment_losses
+from spaces.greedy import first_fit, greedy_path, segment_losses
 from spaces.policy import Policy
 from spaces.precision import uniform_precisions
 from spaces.pruning import REFERENCE_RATIOS
@@ -50,8 +53,8 @@ TARGET_FRACTIONS = (0.7, 0.5, 0.33)
 """Targets besides the budget, as fractions of L0 (only those below the budget)."""
 BUDGET_MARGIN = 0.97
 """The budget's start aims this far under it, so a trial's own measurement noise keeps it within."""
-VERIFY_ROUNDS = 5
-"""Times a start is built and timed; after a miss the greedy goes on with the miss as a correction."""
+VERIFY_ROUNDS = 6
+"""Timed rounds of the bisection along the greedy's path (a path of 27 steps needs about 5 after the first)."""
 CLOSE = 0.03
 """Targets closer than this (fraction of L0) to one kept are dropped."""
 
@@ -102,7 +105,8 @@ def guided_starts(ctx: TrialContext, model=None, *, log: Callable[[str], None] =
         + ", ".join(f"{s} {'/'.join(f'{table[r]:.2f}' for r in GRID)}" for s, table in savings.items())
     )
     losses = segment_losses(sensitivity.base_map, sensitivity.pruning, held, GRID)
-    found, missed_by = _fit_targets(session, targets, savings, losses, base_ms, held, precision, log=log)
+    path = greedy_path(savings, losses)
+    found, missed_by = _fit_targets(session, targets, path, savings, base_ms, held, precision, log=log)
     starts: dict[str, GuidedStart] = {}
     for target, (ratios, measured) in found.items():
         policy = session.policy(held, ratios, precision)
@@ -134,33 +138,45 @@ def _targets(ctx: TrialContext, base_ms: float) -> list[float]:
     return kept
 
 
-def _fit_targets(session, targets, savings, losses, base_ms, held, precision, *, log=print):
-    """(target -> (segment ratios, measured ms) for every target a verified greedy policy fits,
-    target -> the last measured ms of a candidate that missed it). Logs each round's candidates."""
-    open_ = {t: (None, 1.0) for t in targets}  # target -> (ratios so far, realized fraction of the savings)
+def _fit_targets(session, targets, path, savings, base_ms, held, precision, *, log=print):
+    """(target -> (segment ratios, measured ms) of the least-pruned policy of `path` found to fit it,
+    target -> the last measured ms of a policy that missed it). Logs each round's candidates.
+
+    A bisection per target over the path's indices: the first point timed is the additive
+    estimate's (`first_fit`), then the midpoint between the furthest point known to miss and
+    the nearest known to fit (the path's end while none is). All targets' points of a
+    round share one session; `VERIFY_ROUNDS` rounds at most.
+    """
+    bounds = {t: [-1, None] for t in targets}  # target -> [furthest index that missed, nearest that fit]
+    probe = {t: first_fit(path, savings, base_ms, t) for t in targets}
     found: dict[float, tuple[dict, float]] = {}
     missed_by: dict[float, float] = {}
     for round_ in range(1, VERIFY_ROUNDS + 1):
-        candidates = {}
-        for target, (start, realized) in open_.items():
-            ratios = greedy_ratios(savings, losses, base_ms, target, start=start, realized=realized)
-            if ratios is not None:
-                candidates[target] = (ratios, estimated_ms(base_ms, savings, ratios, realized))
-        if not candidates:
+        if not probe:
             break
-        measured = session.time_policies([session.policy(held, r, precision) for r, _ in candidates.values()])
-        open_ = {}
-        for (target, (ratios, estimate)), ms in zip(candidates.items(), measured, strict=True):
-            shaved = ", ".join(f"{s} {r:g}" for s, r in ratios.items() if r > 0) or "nothing"
-            log(f"  round {round_}, target {target:.2f} ms: estimated {estimate:.2f}, timed {ms:.2f} ({shaved})")
+        indices = sorted(set(probe.values()))
+        timed = dict(
+            zip(
+                indices, session.time_policies([session.policy(held, path[i], precision) for i in indices]), strict=True
+            )
+        )
+        for target, index in probe.items():
+            ms = timed[index]
+            shaved = ", ".join(f"{s} {r:g}" for s, r in path[index].items() if r > 0)
+            log(f"  round {round_}, target {target:.2f} ms: step {index + 1}/{len(path)} timed {ms:.2f} ({shaved})")
             if ms <= target:
-                found[target] = (ratios, ms)
+                bounds[target][1] = index
+                found[target] = (path[index], ms)
                 missed_by.pop(target, None)
             else:
-                open_[target] = (ratios, realized_fraction(base_ms, savings, ratios, ms))
-                missed_by[target] = ms
-        if not open_:
-            break
+                bounds[target][0] = index
+                if target not in found:
+                    missed_by[target] = ms
+        probe = {}
+        for target, (missed, fit) in bounds.items():
+            high = fit if fit is not None else len(path)
+            if high - missed > 1:
+                probe[target] = (missed + high) // 2 if fit is not None else (missed + high + 1) // 2
     return found, missed_by
 
 

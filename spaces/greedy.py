@@ -10,15 +10,12 @@ module is the rule only; the inputs are measured elsewhere (`search.guided`):
 - `losses`: segment -> {ratio: estimated mAP50-95 lost}, from the stored per-unit
   sensitivity (`segment_losses`).
 
-A policy's latency is estimated additively: the base latency, minus each segment's saving
-at its ratio scaled by `realized`, plus a `correction_ms`. Pruning two neighbouring
-segments does not save the sum of their savings alone (both shrink the convolution between
-them, which is counted twice), so the sum over-promises, the more the more is pruned: the
-caller learns `realized` (the fraction of the summed saving that timing showed) from a timed
-miss, and the greedy goes on with it. The greedy step is the segment and higher
-ratio on its grid with the largest (extra saving) / (extra loss), cut back to the
-smallest ratio of that segment that fits when one does; a step that saves nothing is
-never taken.
+The greedy orders its steps (`greedy_path`): the segment and higher ratio on its grid
+with the largest (extra saving) / (extra loss); a step that saves nothing is never taken.
+Where along that path a latency target is met is decided by timing (`search.guided`), not
+by adding the savings up: neighbouring segments share a convolution, so summed savings
+over-promise, and more so the deeper the pruning. The additive estimate (`estimated_ms`)
+only picks the first point to time (`first_fit`).
 """
 
 from __future__ import annotations
@@ -64,23 +61,9 @@ def _unit_drop(base_map: float, maps: Mapping[float, float] | None, ratio: float
     return max(d1, d1 + (d1 - d0) * (ratio - r1) / (r1 - r0))
 
 
-def estimated_ms(
-    base_ms: float,
-    savings: Mapping[str, Mapping[float, float]],
-    ratios: Mapping[str, float],
-    realized: float = 1.0,
-) -> float:
-    """The additive latency estimate (ms) of pruning each segment at `ratios` (unnamed: 0), `realized` of the
-    summed saving counted."""
-    return base_ms - realized * sum(_at(savings[s], r) for s, r in ratios.items())
-
-
-def realized_fraction(base_ms: float, savings, ratios: Mapping[str, float], measured_ms: float) -> float:
-    """The fraction of the summed saving of `ratios` that a timing (`measured_ms`) showed, in [0.1, 1.5]."""
-    promised = base_ms - estimated_ms(base_ms, savings, ratios)
-    if promised <= 0:
-        return 1.0
-    return min(1.5, max(0.1, (base_ms - measured_ms) / promised))
+def estimated_ms(base_ms: float, savings: Mapping[str, Mapping[float, float]], ratios: Mapping[str, float]) -> float:
+    """The additive latency estimate (ms) of pruning each segment at `ratios` (unnamed: 0)."""
+    return base_ms - sum(_at(savings[s], r) for s, r in ratios.items())
 
 
 def _at(table: Mapping[float, float], ratio: float) -> float:
@@ -88,40 +71,31 @@ def _at(table: Mapping[float, float], ratio: float) -> float:
     return table[ratio] if ratio > 0 else 0.0
 
 
-def greedy_ratios(
-    savings: Mapping[str, Mapping[float, float]],
-    losses: Mapping[str, Mapping[float, float]],
-    base_ms: float,
-    target_ms: float,
-    *,
-    start: Mapping[str, float] | None = None,
-    correction_ms: float = 0.0,
-    realized: float = 1.0,
-) -> dict[str, float] | None:
-    """Segment -> ratio (every segment of `savings`; 0: unpruned) whose estimate fits `target_ms`, or None.
+def greedy_path(
+    savings: Mapping[str, Mapping[float, float]], losses: Mapping[str, Mapping[float, float]]
+) -> list[dict[str, float]]:
+    """The greedy's policies in order, each one grid ratio beyond the one before: segment -> ratio (every
+    segment of `savings`; 0: unpruned).
 
-    From `start` (all 0 by default), take greedy steps up each segment's ratio grid (the
-    ratios of `savings[segment]`; a step may skip ratios) until
-    `estimated_ms(..., realized) + correction_ms <= target_ms`.
-    None when every segment is at its last ratio (or no step saves anything) and it still
-    does not fit. A segment missing from `losses` is never pruned.
+    Each greedy step is `_best_step` (it may skip ratios of a segment; the skipped ratios
+    become path entries of their own, so the path moves one ratio at a time). The path ends
+    when every segment is at its last ratio or no step saves anything; a segment missing
+    from `losses` is never pruned. Latency falls along the path, up to measurement noise:
+    the caller times points of it to find where a target is first met.
     """
     ratios = {s: 0.0 for s in savings}
-    ratios.update(start or {})
-    while (over := estimated_ms(base_ms, savings, ratios, realized) + correction_ms - target_ms) > 0:
-        step = _best_step(savings, losses, ratios)
-        if step is None:
-            return None
+    path: list[dict[str, float]] = []
+    while (step := _best_step(savings, losses, ratios)) is not None:
         segment, ratio = step
-        # no further than needed: the smallest ratio of that segment that already fits, if one does
-        saved = _at(savings[segment], ratios[segment])
-        fitting = [
-            r
-            for r in sorted(savings[segment])
-            if ratios[segment] < r < ratio and realized * (savings[segment][r] - saved) >= over
-        ]
-        ratios[segment] = fitting[0] if fitting else ratio
-    return ratios
+        for r in sorted(r for r in savings[segment] if ratios[segment] < r <= ratio):
+            ratios[segment] = r
+            path.append(dict(ratios))
+    return path
+
+
+def first_fit(path: Sequence[Mapping[str, float]], savings, base_ms: float, target_ms: float) -> int:
+    """The index of the first policy of `path` whose additive estimate fits `target_ms` (the last if none does)."""
+    return next((i for i, r in enumerate(path) if estimated_ms(base_ms, savings, r) <= target_ms), len(path) - 1)
 
 
 def _best_step(savings, losses, ratios) -> tuple[str, float] | None:

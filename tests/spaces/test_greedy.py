@@ -2,7 +2,7 @@
 
 import pytest
 
-from spaces.greedy import estimated_ms, greedy_ratios, realized_fraction, segment_losses
+from spaces.greedy import estimated_ms, first_fit, greedy_path, segment_losses
 
 # ms saved with only that segment pruned at that ratio (the base is 10 ms)
 SAVINGS = {
@@ -17,50 +17,32 @@ LOSSES = {
 }
 
 
-def test_the_cheapest_saving_per_loss_goes_first_and_it_stops_once_it_fits():
-    ratios = greedy_ratios(SAVINGS, LOSSES, 10.0, 9.0)
-    assert ratios == {"stem": 0.0, "neck": 0.5, "head": 0.0}  # the free neck, not the stem; no further than needed
-    assert estimated_ms(10.0, SAVINGS, ratios) == pytest.approx(9.0)
+def test_the_path_shaves_the_free_segment_first_one_ratio_at_a_time_then_the_sensitive_one():
+    path = greedy_path(SAVINGS, LOSSES)
+    # the free neck first (its 0.5 step is the best ratio; 0.25 comes on the way), then the stem
+    assert [(p["stem"], p["neck"]) for p in path] == [
+        (0, 0.25),
+        (0, 0.5),
+        (0, 0.75),
+        (0.25, 0.75),
+        (0.5, 0.75),
+        (0.75, 0.75),
+    ]
+    assert all(p["head"] == 0.0 for p in path)  # a step that saves nothing is never taken
+    assert estimated_ms(10.0, SAVINGS, path[-1]) == pytest.approx(5.5)
 
 
-def test_it_turns_to_the_sensitive_segment_only_when_the_free_one_is_exhausted():
-    ratios = greedy_ratios(SAVINGS, LOSSES, 10.0, 7.5)
-    assert ratios["neck"] == 0.75 and ratios["stem"] == 0.25
-    assert ratios["head"] == 0.0  # a step that saves nothing is never taken
-    assert estimated_ms(10.0, SAVINGS, ratios) <= 7.5
-
-
-def test_a_target_beyond_the_grid_has_no_policy():
-    assert greedy_ratios(SAVINGS, LOSSES, 10.0, 5.0) is None  # 10 - 3 - 1.5 = 5.5 at best
-
-
-def test_a_correction_learned_from_a_timed_miss_pushes_the_greedy_further_from_where_it_was():
-    first = greedy_ratios(SAVINGS, LOSSES, 10.0, 9.0)
-    # timed at 9.4 ms, not the estimated 9.0: the estimate is 0.4 ms optimistic
-    further = greedy_ratios(SAVINGS, LOSSES, 10.0, 9.0, start=first, correction_ms=0.4)
-    assert further["neck"] > first["neck"]
-    assert estimated_ms(10.0, SAVINGS, further) + 0.4 <= 9.0
-
-
-def test_a_miss_scales_the_savings_by_what_timing_realized_and_the_greedy_goes_far_enough():
-    first = greedy_ratios(SAVINGS, LOSSES, 10.0, 8.5)  # neck 0.75 (1.5 ms promised)
-    assert first["neck"] == 0.75 and estimated_ms(10.0, SAVINGS, first) == pytest.approx(8.5)
-    # timed at 9.25 ms: half of the promised 1.5 ms was realized
-    realized = realized_fraction(10.0, SAVINGS, first, 9.25)
-    assert realized == pytest.approx(0.5)
-    further = greedy_ratios(SAVINGS, LOSSES, 10.0, 8.5, start=first, realized=realized)
-    # at half the promise the neck's 1.5 ms buys 0.75: the stem must promise 1.5 more (0.75 realized), i.e. 0.5
-    assert further == {"stem": 0.5, "neck": 0.75, "head": 0.0}
-    assert estimated_ms(10.0, SAVINGS, further, realized) <= 8.5
-    # clamped: a timing slower than the base, or far faster than promised, does not wreck the estimate
-    assert realized_fraction(10.0, SAVINGS, first, 10.5) == 0.1
-    assert realized_fraction(10.0, SAVINGS, first, 5.0) == 1.5
-    assert realized_fraction(10.0, SAVINGS, {"head": 0.0}, 9.0) == 1.0  # nothing promised: nothing learned
+def test_the_first_point_to_time_is_where_the_estimate_first_fits():
+    path = greedy_path(SAVINGS, LOSSES)
+    assert path[first_fit(path, SAVINGS, 10.0, 9.0)] == {"stem": 0.0, "neck": 0.5, "head": 0.0}
+    assert path[first_fit(path, SAVINGS, 10.0, 7.5)] == {"stem": 0.25, "neck": 0.75, "head": 0.0}
+    assert first_fit(path, SAVINGS, 10.0, 5.0) == len(path) - 1  # beyond the estimate: the path's end
 
 
 def test_a_noisy_saving_at_one_ratio_does_not_block_the_larger_ones():
     savings = {"neck": {0.25: -0.2, 0.5: 1.0, 0.75: 1.5}}
-    assert greedy_ratios(savings, {"neck": {0.25: 0.0, 0.5: 0.0, 0.75: 0.0}}, 10.0, 9.0) == {"neck": 0.5}
+    path = greedy_path(savings, {"neck": {0.25: 0.0, 0.5: 0.0, 0.75: 0.0}})
+    assert [p["neck"] for p in path] == [0.25, 0.5, 0.75]
 
 
 def test_segment_losses_add_the_units_drops_interpolate_and_extrapolate():

@@ -1,0 +1,33 @@
+"""The guided starts' search along the greedy's path (`search.guided._fit_targets`): timing decides where a
+target is first met, whatever the additive estimate promised. The timings here are a table (the real ones
+are exercised by `tests/e2e/test_search.py::test_guided_starts_are_measured_fit_their_targets_and_run_first`)."""
+
+from search.guided import VERIFY_ROUNDS, _fit_targets
+
+PATH = [{"a": 0.25 * (i + 1)} for i in range(12)]  # 12 steps of one segment
+SAVINGS = {"a": {0.25 * (i + 1): 0.5 * (i + 1) for i in range(12)}}  # promises 0.5 ms per step (base 10 ms)
+
+
+class _TableSession:
+    """Times step i (ratio 0.25 (i + 1)) at 10 - 0.2 (i + 1) ms: each step realizes 40% of its promise."""
+
+    def __init__(self):
+        self.sessions = []
+
+    def policy(self, held, ratios, precision):
+        return ratios["a"]
+
+    def time_policies(self, ratios):
+        self.sessions.append(list(ratios))
+        return [10.0 - 0.2 * (r / 0.25) for r in ratios]
+
+
+def test_the_least_pruned_step_that_times_within_each_target_is_found_though_the_estimate_over_promised():
+    session, lines = _TableSession(), []
+    found, missed = _fit_targets(session, [8.9, 8.0, 6.0], PATH, SAVINGS, 10.0, {}, "int8", log=lines.append)
+    # 10 - 0.2 (i + 1) <= target: step 6 (index 5) for 8.9, step 10 (index 9) for 8.0; 6.0 needs step 20
+    assert found[8.9] == ({"a": 1.5}, 8.8) and found[8.0][0] == {"a": 2.5}
+    assert 6.0 not in found and missed[6.0] == 10.0 - 0.2 * 12
+    assert len(session.sessions) <= VERIFY_ROUNDS
+    assert all(len(set(s)) == len(s) for s in session.sessions)  # a step two targets share is timed once a round
+    assert lines and all("timed" in line for line in lines)
