@@ -132,8 +132,8 @@ def guided_starts(ctx: TrialContext, model=None, *, log: Callable[[str], None] =
 def _targets(ctx: TrialContext, base_ms: float) -> list[float]:
     """Latency targets (ms, descending): the budget, then the L0 fractions below it, each less the margin; only
     those under `base_ms`."""
-    budget = ctx.budget_ms
-    limits = [budget, *(f * ctx.reference_ms for f in TARGET_FRACTIONS if f * ctx.reference_ms < budget)]
+    fractions = [f * ctx.reference_ms for f in TARGET_FRACTIONS if f * ctx.reference_ms < ctx.budget_ms]
+    limits = [ctx.budget_ms, *fractions]
     wanted = [limit * BUDGET_MARGIN for limit in limits]
     kept: list[float] = []
     for target in wanted:

@@ -168,12 +168,8 @@ def run_bench(
         config, time_limit_min=None
     )  # a time limit would cut the slower search short: same trial count for both
     searches = {SEARCH: config.sampler, RANDOM: "random", **({PER_UNIT: config.sampler} if per_unit else {})}
-    studies = {
-        SEARCH: f"{name}-{config.sampler}",
-        RANDOM: f"{name}-random",
-        PER_UNIT: f"{name}-per-unit-{config.sampler}",
-    }
-    studies = {c: studies[c] for c in searches}
+    suffixes = {SEARCH: config.sampler, RANDOM: "random", PER_UNIT: f"per-unit-{config.sampler}"}
+    studies = {c: f"{name}-{suffixes[c]}" for c in searches}
     for study_name in studies.values():
         check_can_start(study_name, config.storage_url, resume=False)  # before minutes of preparation
     date, walls, points = time.strftime("%Y-%m-%d %H:%M:%S %Z"), {}, []

@@ -31,7 +31,7 @@ uniform set take 6-11 min. With the default {DEFAULT_TRIALS} trials per search (
 the bench ends in ~30-55 min, ~85 min if every sampled policy is fine-tuned for 3 epochs
 at the slow end; the one-command peers add ~1 min. Recovery (`recover_epochs`, 10 in
 studies/default.yaml) adds ~70 s per epoch for each distinct best policy recovered (at most
-six: uniform and search under 0.5, 0.33 and 0.25 x L0); --recover-epochs 0 leaves it out.
+eight: uniform and search under the search's budget and 0.5, 0.33 and 0.25 x L0); --recover-epochs 0 leaves it out.
 --per-unit adds a third search of the same size, with the search's guided starts.
 studies/smoke.yaml --trials 7 ends in ~3 min.
 """
