@@ -11,12 +11,16 @@ Train and val use disjoint digit instances (the writers differ) and disjoint dra
 nano detector does not saturate: that is what lets compression visibly trade accuracy
 for speed. The same arguments give the same bytes: every image draws from its own
 `numpy.random.default_rng((seed, split, index))` and nothing depends on the clock or on
-the order images are written in.
+the order images are written in. Nor on the CPU, among those with AVX2 (every machine
+squeezefit has run on): OpenCV renders without Intel IPP, whose SSE4.2, AVX2 and AVX-512
+code paths each round the float resizes and warps differently (version 1 of the generator
+used IPP, and its bytes followed the CPU).
 """
 
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +33,7 @@ from evaluators.vocabulary import UserError
 
 NAMES = tuple(str(d) for d in range(10))
 # Bump when the generator's output changes, so an old copy on disk is not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 # Digit instances [0, 1400) draw the train split, the rest the val split.
 _TRAIN_DIGITS = 1400
 _PHOTOS = (
@@ -157,10 +161,28 @@ def _overlaps(box: tuple[int, int, int, int], boxes: list) -> bool:
     return False
 
 
+@contextmanager
+def _without_ipp():
+    """OpenCV without Intel IPP for the block: IPP picks its code path by CPU, and the paths round differently."""
+    used = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    try:
+        yield
+    finally:
+        cv2.ipp.setUseIPP(used)
+
+
 def render_image(
     spec: DatasetSpec, split: str, index: int
 ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
     """One image (HxWx3 uint8, BGR) and its labels (class, cx, cy, w, h normalised to [0, 1])."""
+    with _without_ipp():
+        return _render(spec, split, index)
+
+
+def _render(
+    spec: DatasetSpec, split: str, index: int
+) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
     rng = np.random.default_rng((spec.seed, _SPLIT_IDS[split], index))
     images, targets = _digits()
     pool = np.arange(_TRAIN_DIGITS) if split == "train" else np.arange(_TRAIN_DIGITS, len(images))

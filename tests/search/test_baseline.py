@@ -17,7 +17,7 @@ def test_baseline_loads_as_a_detector(embedded):
 def test_baseline_map_matches_its_record(embedded):
     record, data_yaml = embedded.record, embedded.data_yaml
     assert dataset_digest(data_yaml.parent) == record.data_digest, (
-        "the embedded data set changed since the baseline was trained"
+        "the embedded data set changed since the baseline was recorded"
     )
     map50_95, map50 = validate(REPO_BASELINE, data_yaml, record.imgsz)
     assert abs(map50_95 - record.map50_95) <= 0.01

@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
 
 from evaluators.vocabulary import UserError
-from search.embedded.data import NAMES, DatasetSpec, dataset_digest, generate_dataset, render_image
+from search.embedded.data import NAMES, DatasetSpec, _render, dataset_digest, generate_dataset, render_image
 
 SMALL = DatasetSpec(train=24, val=8, imgsz=128, seed=3)
 
@@ -61,3 +62,19 @@ def test_interrupted_generation_is_not_trusted(tmp_path):
 def test_bad_spec_is_a_user_error(kwargs):
     with pytest.raises(UserError):
         DatasetSpec(**kwargs)
+
+
+def test_images_do_not_depend_on_the_callers_opencv_settings():
+    """Intel IPP rounds by CPU (SSE4.2, AVX2 and AVX-512 paths each differently), so the renderer runs without it
+    whatever the caller chose, and gives the caller's choice back."""
+    used = cv2.ipp.useIPP()
+    try:
+        cv2.ipp.setUseIPP(True)
+        with_ipp = [render_image(SMALL, "train", i)[0] for i in range(SMALL.train)]
+        assert cv2.ipp.useIPP(), "the caller's IPP setting was not restored"
+        if cv2.ipp.useIPP():  # this OpenCV has IPP: show that it would have changed the bytes
+            assert any(not np.array_equal(_render(SMALL, "train", i)[0], a) for i, a in enumerate(with_ipp))
+        cv2.ipp.setUseIPP(False)
+        assert all(np.array_equal(render_image(SMALL, "train", i)[0], a) for i, a in enumerate(with_ipp))
+    finally:
+        cv2.ipp.setUseIPP(used)
