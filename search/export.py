@@ -188,8 +188,15 @@ def _recovery_lines(attrs: dict) -> list[str]:
         f"- recovered from trial {attrs['recovered_from']}: mAP50-95 {recovery['map_before']:.4f} -> "
         f"**{attrs['map50_95']:.4f}**, mAP50 {recovery['map50_before']:.4f} -> {attrs['map50']:.4f} (both on the deployed artifact)",
         f"- how: {recovery['epochs']} more epochs of fine-tuning from {recovery['started_from']} on "
-        f"{recovery['train_images_used']} train images, distilled from the baseline, INT8 calibrated again",
+        f"{recovery['train_images_used']} train images, distilled from the baseline, "
+        + ("INT8 simulated in training (QAT), " if recovery.get("qat") else "")
+        + "INT8 calibrated again",
         f"- epoch curve, val mAP50-95 (PyTorch): {curve}",
+        *(
+            [f"- post-training INT8 cost: {recovery['int8_cost']:.4f} mAP50-95 (best epoch in PyTorch - artifact)"]
+            if recovery.get("int8_cost") is not None
+            else []
+        ),
         f"- cost: {recovery['seconds'] / 60:.1f} min wall",
         "",
     ]

@@ -39,10 +39,14 @@ from search.checkpoint import load_baseline
 from search.trial import TrialContext, build_deployed, prune, time_artifact, validate_artifact
 from search.trial_result import Stopwatch, TrialResult, add_measured_trial, load_result, save_result, size_mb
 from spaces.distillation import DistillationSettings, finetune
+from spaces.onnx_export import preprocess_images
 from spaces.policy import Policy
 from spaces.pruning import IterativePruning
+from spaces.qat import QuantizationAware
 
 RECOVERED_ATTR = "recovered_from"
+# A plain recovery whose artifact scores this much mAP50-95 under its best epoch in PyTorch suggests --recover-qat.
+INT8_COST_HINT = 0.01
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,9 @@ class RecoverySettings:
     distilled, else the default). prune_steps: 1 continues the trial's fine-tuned weights; k > 1
     starts again from the baseline and prunes toward the policy in k steps with the epochs split
     between them ("prune some, fine-tune, prune again"; `spaces.pruning.IterativePruning`), at the
-    cost of k pruning passes (seconds each) and the same epochs.
+    cost of k pruning passes (seconds each) and the same epochs. qat: the INT8 units' convs train through
+    INT8 rounding (quantization-aware training, `spaces.qat`) — for a policy whose post-training INT8 costs
+    more than INT8_COST_HINT; a policy without INT8 units is recovered without it (`for_policy`).
     """
 
     epochs: int = 10
@@ -63,6 +69,7 @@ class RecoverySettings:
     lr0: float | None = None
     weight: float | None = None
     prune_steps: int = 1
+    qat: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -81,7 +88,12 @@ class RecoverySettings:
         parts += [f"lr{self.lr0:g}"] if self.lr0 is not None else []
         parts += [f"dis{self.weight:g}"] if self.weight is not None else []
         parts += [f"steps{self.prune_steps}"] if self.prune_steps > 1 else []
+        parts += ["qat"] if self.qat else []
         return "-".join(parts)
+
+    def for_policy(self, policy: Policy) -> RecoverySettings:
+        """These settings as they apply to `policy`: no quantization-aware training without INT8 units."""
+        return self if "int8" in policy.precision.values() else replace(self, qat=False)
 
     def distillation(self, source: DistillationSettings) -> DistillationSettings:
         """The fine-tune settings: distillation always on, from the source's teacher, with these epochs."""
@@ -137,11 +149,12 @@ def recover_trial(study, number: int, ctx: TrialContext, settings: RecoverySetti
     """
     source = recoverable(study, number)
     number = source.number
+    attrs = source.user_attrs
+    policy = Policy.from_dict(attrs["policy"])
+    settings = settings.for_policy(policy)
     stored = recovered_trials(study, number).get(settings.tag())
     if stored is not None:
         return stored
-    attrs = source.user_attrs
-    policy = Policy.from_dict(attrs["policy"])
     result = recover_policy(policy, attrs, ctx, settings)
     extra = {
         RECOVERED_ATTR: number,
@@ -153,6 +166,7 @@ def recover_trial(study, number: int, ctx: TrialContext, settings: RecoverySetti
             "map_before": attrs["map50_95"],
             "map50_before": attrs["map50"],
             "epoch_maps": list(result.epoch_maps),
+            "int8_cost": _int8_cost(result, settings),
             "seconds": round(sum(result.seconds.values()), 2),
         },
     }
@@ -178,20 +192,33 @@ def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: Rec
     data_yaml = subset_data_yaml(Path(ctx.data_yaml), "train", settings.train_images, out)
     data_yaml = subset_data_yaml(data_yaml, "val", ctx.val_images, out)
     distillation = settings.distillation(policy.distillation)
+    quantization = _quantization(policy, ctx, recipe) if settings.qat else None
     print(
         f"  recovering {policy.policy_id}: {distillation.epochs} epochs on {train_count(ctx, settings)} train images, "
         f"distilled from the baseline (dis {distillation.weight:g}, lr0 {distillation.lr0:g})"
-        + (f", pruned from the baseline in {settings.prune_steps} steps" if settings.prune_steps > 1 else ""),
+        + (f", pruned from the baseline in {settings.prune_steps} steps" if settings.prune_steps > 1 else "")
+        + (", INT8 simulated in training" if quantization else ""),
         flush=True,
     )
     if settings.prune_steps > 1:
-        tuned_model, epoch_maps = _prune_iteratively(baseline, policy, ctx, settings, distillation, data_yaml, out)
+        tuned_model, epoch_maps = _prune_iteratively(
+            baseline, policy, ctx, settings, distillation, data_yaml, out, quantization
+        )
     else:
         if attrs.get("weights"):
             student = torch.load(attrs["weights"], map_location="cpu", weights_only=False)
         else:  # a policy the search did not fine-tune (e.g. unpruned): start from its pruned baseline
             student = prune(baseline, policy, ctx).model
-        tuned = finetune(student, ctx.checkpoint, distillation, data_yaml, imgsz=ctx.imgsz, seed=ctx.seed, workdir=out)
+        tuned = finetune(
+            student,
+            ctx.checkpoint,
+            distillation,
+            data_yaml,
+            imgsz=ctx.imgsz,
+            seed=ctx.seed,
+            workdir=out,
+            quantization=quantization,
+        )
         tuned_model, epoch_maps = tuned.model, tuned.epoch_maps
     recovered = replace(policy, distillation=distillation)  # its own policy: the same point, fine-tuned further
     watch.lap("finetune")
@@ -221,11 +248,42 @@ def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: Rec
         seconds=watch.seconds,
         timing=latency.timing,
     )
+    if not settings.qat and (cost := _int8_cost(result, settings)) is not None and cost > INT8_COST_HINT:
+        print(
+            f"  post-training INT8 costs {cost:.4f} mAP50-95 (the artifact against the best epoch in PyTorch): "
+            "a recovery with --recover-qat may keep more",
+            flush=True,
+        )
     return save_result(result, out / "result.json")
 
 
+def _quantization(policy: Policy, ctx: TrialContext, recipe) -> QuantizationAware:
+    """The quantization-aware training of `policy`'s INT8 units on the device's grid, ranges set on the study's
+    calibration images (at most 64 of them: ranges settle in training)."""
+    images = preprocess_images(list(ctx.calibration_images)[:64], ctx.imgsz)
+    return QuantizationAware(dict(policy.precision), recipe, images)
+
+
+def _int8_cost(result: TrialResult, settings: RecoverySettings) -> float | None:
+    """The best val mAP50-95 in PyTorch of the final fine-tune's epochs (the kept weights) minus the artifact's,
+    both on the study's val images; None without INT8 units. Includes what the runtime's other arithmetic
+    changes, which is small beside INT8."""
+    if "int8" not in result.policy["precision"].values() or not result.epoch_maps:
+        return None
+    share, extra = divmod(settings.epochs, settings.prune_steps)
+    final = result.epoch_maps[-(share + (1 if extra else 0)) :]  # `_prune_iteratively`: the last step's epochs
+    return round(max(final) - result.map50_95, 4)
+
+
 def _prune_iteratively(
-    baseline, policy: Policy, ctx: TrialContext, settings: RecoverySettings, distillation, data_yaml, out
+    baseline,
+    policy: Policy,
+    ctx: TrialContext,
+    settings: RecoverySettings,
+    distillation,
+    data_yaml,
+    out,
+    quantization: QuantizationAware | None = None,
 ):
     """(model, epoch curve): the baseline pruned toward the policy in `settings.prune_steps` steps
     (`spaces.pruning.IterativePruning`), the recovery's epochs split over the steps and run after each."""
@@ -251,6 +309,7 @@ def _prune_iteratively(
             imgsz=ctx.imgsz,
             seed=ctx.seed,
             workdir=out / f"step{step}",
+            quantization=quantization,
         )
         pruning.model.load_state_dict(tuned.model.state_dict())  # the next step ranks channels by these weights
         epoch_maps += tuned.epoch_maps

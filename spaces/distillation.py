@@ -30,6 +30,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from evaluators.vocabulary import UserError
 from spaces.params import Categorical, Condition, FloatRange, IntRange, Param
+from spaces.qat import QuantizationAware, strip_fake_quant
 
 # Arguments every Ultralytics training of squeezefit passes: no AMP check (it would
 # download yolo11n.pt), no plots (they fetch a font), deterministic, quiet.
@@ -160,6 +161,7 @@ def finetune(
     seed: int = 0,
     on_epoch: Callable[[int, float], bool | None] | None = None,
     regularizer: Callable[[torch.nn.Module], Callable[[], None]] | None = None,
+    quantization: QuantizationAware | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of `student` on `data_yaml`; the input module is not modified.
 
@@ -170,6 +172,8 @@ def finetune(
     regularizer(model) is called once with the module that is trained (a copy of `student`) before training;
     the function it returns runs before every optimizer step, when the step's gradients are complete
     (`spaces.sparsity`).
+    quantization: train the INT8 units' convs through INT8 rounding (`spaces.qat`); the returned student is plain
+    (its convs float again), to be quantized after training like any other.
     """
     start = time.perf_counter()
     model = copy.deepcopy(student).float()
@@ -180,6 +184,9 @@ def finetune(
         raise UserError(f"distillation needs a teacher checkpoint, and {teacher!r} is not a file.")
 
     Path(workdir).mkdir(parents=True, exist_ok=True)
+    if quantization is not None:
+        swapped = quantization.apply(model)
+        print(f"    quantization-aware: {swapped} convs train through INT8 rounding", flush=True)
     for p in model.parameters():
         p.requires_grad_(True)
     args = dict(
@@ -226,6 +233,7 @@ def finetune(
     trainer.add_callback("on_fit_epoch_end", report)
     trainer.train()
     tuned = _best_student(trainer)
+    strip_fake_quant(tuned)
     return FinetuneResult(
         tuned,
         tuple(epoch_maps),

@@ -204,33 +204,49 @@ def _resolve(precisions: Mapping[str, str], units: Mapping[str, list[str]], defa
     return per_unit
 
 
-def _float_head_nodes(model, graph: onnx.ModelProto) -> set[str]:
-    """Head nodes that stay out of INT8: final branch convs, DFL, and the decoding after them.
+@dataclass(frozen=True)
+class FloatHead:
+    """The part of the detection head that stays out of INT8: its final branch convs, its DFL, and
+    everything in the head unit outside the box/class branches (the decoding).
 
-    The branch convs before the final ones (e.g. `model.23.cv3.0.0`) are quantizable like
-    any other conv; everything else in the head unit is kept float.
+    unit: the head's `model.<i>`. branches: module paths of the box/class branches
+    (`model.23.cv3.0`). finals: module paths kept float inside them (their last conv) and the DFL.
+    The branch convs before the final ones (e.g. `model.23.cv3.0.0`) are quantizable like any other conv.
     """
-    layers = detection_model(model).model
-    head, unit = layers[-1], f"model.{len(layers) - 1}"
-    branches, finals = [], [f"{unit}.dfl"]
-    for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
-        for j, branch in enumerate(getattr(head, attr, None) or []):
-            prefix = f"{unit}.{attr}.{j}"
-            convs = [name for name, m in branch.named_modules() if isinstance(m, torch.nn.Conv2d)]
-            branches.append(prefix)
-            finals.append(f"{prefix}.{convs[-1]}")
 
-    def inside(path: str, scopes: list[str]) -> bool:
-        return any(path == s or path.startswith(s + ".") for s in scopes)
+    unit: str
+    branches: tuple[str, ...]
+    finals: tuple[str, ...]
 
-    keep = set()
-    for node in graph.graph.node:
-        if unit_of(node.name) != unit:
-            continue
-        path = module_path(node.name)
-        if inside(path, finals) or not inside(path, branches):
-            keep.add(node.name)
-    return keep
+    @classmethod
+    def of(cls, model) -> FloatHead:
+        """The float head of a DetectionModel (or an Ultralytics wrapper of one)."""
+        layers = detection_model(model).model
+        head, unit = layers[-1], f"model.{len(layers) - 1}"
+        branches, finals = [], [f"{unit}.dfl"]
+        for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
+            for j, branch in enumerate(getattr(head, attr, None) or []):
+                prefix = f"{unit}.{attr}.{j}"
+                convs = [name for name, m in branch.named_modules() if isinstance(m, torch.nn.Conv2d)]
+                branches.append(prefix)
+                finals.append(f"{prefix}.{convs[-1]}")
+        return cls(unit, tuple(branches), tuple(finals))
+
+    def keeps(self, path: str) -> bool:
+        """Whether the module at dotted `path` (or a node it emitted) stays float."""
+        if path != self.unit and not path.startswith(self.unit + "."):
+            return False
+        return _inside(path, self.finals) or not _inside(path, self.branches)
+
+
+def _inside(path: str, scopes: Sequence[str]) -> bool:
+    return any(path == s or path.startswith(s + ".") for s in scopes)
+
+
+def _float_head_nodes(model, graph: onnx.ModelProto) -> set[str]:
+    """The graph's nodes that `FloatHead` keeps out of INT8."""
+    head = FloatHead.of(model)
+    return {n.name for n in graph.graph.node if unit_of(n.name) == head.unit and head.keeps(module_path(n.name))}
 
 
 def count_nodes(graph_or_path: onnx.ModelProto | str | Path) -> NodeCounts:

@@ -10,6 +10,7 @@ import torch
 from evaluators.artifact import structure_hash
 from search.cli import main
 from search.front import best_under, pareto_front, trials_table
+from search.recover import recovered_trials
 from search.study import load_study, study_record
 
 RECOVER = ["--epochs", "1", "--recover-images", "32"]
@@ -100,6 +101,39 @@ def test_iterative_recovery_prunes_the_baseline_in_steps_to_the_same_structure(s
     # The steps end at the policy's structure: the artifact times as the source's does.
     assert structure_hash(Path(attrs["artifact"])) == structure_hash(Path(source["artifact"]))
     assert (attrs["macs"], attrs["params"]) == (source["macs"], source["params"])
+
+
+def test_a_quantization_aware_recovery_is_stored_apart_and_its_card_says_so(smoke_study, study_copy, tmp_path, capsys):
+    study = load_study(smoke_study.name, study_copy)
+    chosen = next(
+        t.number
+        for t in study.trials
+        if t.user_attrs.get("status") == "complete"
+        and "recovered_from" not in t.user_attrs
+        and "int8" in t.user_attrs["policy"]["precision"].values()
+    )
+    base = ["recover", "--study", smoke_study.name, "--storage", study_copy, "--trial", str(chosen), *RECOVER]
+    assert main([*base, "--recover-qat"]) == 0
+    printed = capsys.readouterr().out
+    assert "INT8 simulated in training" in printed and "convs train through INT8 rounding" in printed
+    study = load_study(smoke_study.name, study_copy)
+    new = study.trials[-1]
+    attrs, source = new.user_attrs, study.trials[chosen].user_attrs
+    assert attrs["recovered_from"] == chosen and attrs["recovery"]["qat"]
+    assert attrs["recovery"]["tag"].endswith("-qat") and isinstance(attrs["recovery"]["int8_cost"], float)
+    assert structure_hash(Path(attrs["artifact"])) == structure_hash(Path(source["artifact"]))
+    # a plain recovery with the same epochs is another trial: the two are told apart by their settings
+    assert main(base) == 0
+    stored = recovered_trials(load_study(smoke_study.name, study_copy), chosen)
+    assert stored[attrs["recovery"]["tag"]] == new.number
+    assert stored[attrs["recovery"]["tag"].removesuffix("-qat")] != new.number
+    capsys.readouterr()
+
+    out = tmp_path / "bundle"
+    export = ["export", "--study", smoke_study.name, "--storage", study_copy, "--trial", str(new.number)]
+    assert main([*export, "--out", str(out)]) == 0
+    card = (out / "card.md").read_text()
+    assert "INT8 simulated in training (QAT)" in card and "post-training INT8 cost" in card
 
 
 def test_recover_user_errors_leave_the_study_alone(smoke_study, study_copy, capsys):

@@ -83,3 +83,31 @@ def test_zero_epochs_and_missing_teacher(setup, tmp_path):
         )
     with pytest.raises(UserError):
         DistillationSettings(epochs=-1)
+
+
+def test_quantization_aware_finetune_trains_through_int8_and_returns_a_plain_student(setup, tmp_path):
+    from evaluators.datasets import split_images
+    from evaluators.vocabulary import Int8Recipe
+    from spaces.onnx_export import preprocess_images
+    from spaces.qat import FakeQuantConv2d, QuantizationAware
+
+    data_yaml, pruned = setup
+    calibration = preprocess_images(split_images(data_yaml, "val")[1][:4], IMGSZ)
+    all_int8 = {f"model.{i}": "int8" for i in range(len(pruned.model.model))}
+    result = finetune(
+        pruned.model,
+        REPO_BASELINE,
+        DistillationSettings(epochs=1),
+        data_yaml,
+        imgsz=IMGSZ,
+        workdir=tmp_path,
+        quantization=QuantizationAware(all_int8, Int8Recipe(), calibration),
+    )
+    assert len(result.epoch_maps) == 1 and result.epoch_maps[0] > 0.0
+    assert not any(isinstance(m, FakeQuantConv2d) for m in result.model.modules()), "the student kept simulated convs"
+    assert _params(result.model) == pruned.params
+    checkpoint = torch.load(result.weights, map_location="cpu", weights_only=False)
+    trained = [m for m in (checkpoint.get("ema") or checkpoint["model"]).modules() if isinstance(m, FakeQuantConv2d)]
+    assert len(trained) > 50, "training did not run through INT8-rounded convs"
+    assert all(m.input_high > m.input_low for m in trained), "an input range was never set"
+    assert not any(isinstance(m, FakeQuantConv2d) for m in pruned.model.modules()), "the input student was modified"
