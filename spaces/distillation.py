@@ -214,7 +214,9 @@ def finetune(
         distill_model=str(teacher) if settings.enabled else None,
         dis=settings.weight,
     )
+    threads = torch.get_num_threads()
     trainer = _GivenModelTrainer(overrides=args)
+    torch.set_num_threads(threads)  # Ultralytics' CPU training leaves cpu_count - 1; the caller's count is kept
     trainer.given_model = model
     trainer.before_step = regularizer(model) if regularizer is not None else None
     epoch_maps: list[float] = []
@@ -231,7 +233,10 @@ def finetune(
             tr.stop = stopped = True
 
     trainer.add_callback("on_fit_epoch_end", report)
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)  # its final validation sets them again
     tuned = _best_student(trainer)
     strip_fake_quant(tuned)
     return FinetuneResult(

@@ -57,18 +57,26 @@ def test_finetune_reports_each_epoch(setup, tmp_path, enabled):
     )
 
 
-def test_on_epoch_can_stop_training(setup, tmp_path):
+def test_on_epoch_can_stop_training_and_training_keeps_the_callers_threads(setup, tmp_path):
+    """Ultralytics' CPU training sets torch to cpu_count - 1 threads; the caller's count holds during and after."""
     data_yaml, pruned = setup
-    result = finetune(
-        pruned.model,
-        REPO_BASELINE,
-        DistillationSettings(enabled=False, epochs=3),
-        data_yaml,
-        imgsz=IMGSZ,
-        workdir=tmp_path,
-        on_epoch=lambda e, m: True,
-    )
+    before, seen = torch.get_num_threads(), []
+    torch.set_num_threads(2)
+    try:
+        result = finetune(
+            pruned.model,
+            REPO_BASELINE,
+            DistillationSettings(enabled=False, epochs=3),
+            data_yaml,
+            imgsz=IMGSZ,
+            workdir=tmp_path,
+            on_epoch=lambda e, m: seen.append(torch.get_num_threads()) or True,
+        )
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
     assert result.stopped_early and len(result.epoch_maps) == 1
+    assert seen == [2] and after == 2
 
 
 def test_zero_epochs_and_missing_teacher(setup, tmp_path):
