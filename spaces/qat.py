@@ -70,20 +70,7 @@ class FakeQuantConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, recipe: Int8Recipe) -> FakeQuantConv2d:
-        fq = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            recipe=recipe,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
+        fq = cls(**_conv_args(conv), recipe=recipe)
         fq.weight = conv.weight
         fq.bias = conv.bias
         fq.train(conv.training)
@@ -91,19 +78,7 @@ class FakeQuantConv2d(nn.Conv2d):
 
     def plain(self) -> nn.Conv2d:
         """The float conv with these parameters."""
-        conv = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            padding_mode=self.padding_mode,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
+        conv = nn.Conv2d(**_conv_args(self))
         conv.weight = self.weight
         conv.bias = self.bias
         return conv.train(self.training)
@@ -139,6 +114,23 @@ class FakeQuantConv2d(nn.Conv2d):
             self.input_low.lerp_(low.to(self.input_low.dtype), RANGE_MOMENTUM)
             self.input_high.lerp_(high.to(self.input_high.dtype), RANGE_MOMENTUM)
         return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+def _conv_args(conv: nn.Conv2d) -> dict:
+    """The constructor arguments of a conv shaped like `conv` (its parameters are assigned after)."""
+    return dict(
+        in_channels=conv.in_channels,
+        out_channels=conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
 
 
 @dataclass(frozen=True)

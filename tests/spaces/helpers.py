@@ -96,3 +96,16 @@ def compare_outputs(model, artifact_path: str | Path, images: Sequence[str | Pat
         images=len(batch),
         imgsz=max(imgsz),
     )
+
+
+def write_photos(folder: Path) -> list[Path]:
+    """Four of scikit-image's photographs as 96x80 JPEGs in `folder` (calibration and comparison images)."""
+    import cv2
+    from skimage import data
+
+    paths = []
+    for i, photo in enumerate([data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]):
+        path = Path(folder) / f"{i}.jpg"
+        cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(photo, (96, 80)), cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    return paths

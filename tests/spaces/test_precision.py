@@ -3,13 +3,11 @@
 import copy
 from ast import literal_eval
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from skimage import data
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
@@ -19,7 +17,7 @@ from spaces.onnx_export import export_onnx, metadata, module_path, precision_uni
 from spaces.params import Categorical
 from spaces.precision import build_artifact, precision_params, uniform_precisions
 from spaces.quantizers import QUANTIZERS, get_quantizer
-from tests.spaces.helpers import compare_outputs
+from tests.spaces.helpers import compare_outputs, write_photos
 
 IMGSZ = 64
 NAMES = {i: f"class{i}" for i in range(10)}
@@ -37,13 +35,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    paths = []
-    for i, photo in enumerate([data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]):
-        path = folder / f"{i}.jpg"
-        cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(photo, (96, 80)), cv2.COLOR_RGB2BGR))
-        paths.append(path)
-    return paths
+    return write_photos(tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,11 @@
 import copy
 import pickle
 
-import cv2
 import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from skimage import data
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
@@ -17,6 +15,7 @@ from evaluators.vocabulary import Int8Recipe
 from spaces.onnx_export import module_path, preprocess_images
 from spaces.precision import build_artifact
 from spaces.qat import FakeQuantConv2d, QuantizationAware, fake_quantize, strip_fake_quant
+from tests.spaces.helpers import write_photos
 
 IMGSZ = 64
 NAMES = {i: f"class{i}" for i in range(10)}
@@ -38,13 +37,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    paths = []
-    for i, photo in enumerate([data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]):
-        path = folder / f"{i}.jpg"
-        cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(photo, (96, 80)), cv2.COLOR_RGB2BGR))
-        paths.append(path)
-    return paths
+    return write_photos(tmp_path_factory.mktemp("images"))
 
 
 def _int8_conv_weights(path) -> dict[str, np.ndarray]:
