@@ -52,6 +52,23 @@ def ensure_offline() -> None:
     }
     if any(SETTINGS.get(k) != v for k, v in wanted.items()):
         SETTINGS.update(wanted)
+    _keep_torch_threads()
+
+
+def _keep_torch_threads() -> None:
+    """Make Ultralytics leave torch's thread count as the process has it.
+
+    Its `select_device` (every trainer, validator and exporter calls it) sets torch to
+    `NUM_THREADS` for CPU work: cpu_count - 1, so one thread on a 2-core machine, and for the
+    rest of the process — a search's driver validated once and then recovered its policy on
+    one core. Its torch_utils' copy of `NUM_THREADS` becomes the count torch has when this runs
+    (OMP_NUM_THREADS where set, as Ray sets it for a trial's CPUs; else the cores); the
+    library's other uses of `NUM_THREADS` (data loading) are left alone.
+    """
+    import torch
+    from ultralytics.utils import torch_utils
+
+    torch_utils.NUM_THREADS = torch.get_num_threads()
 
 
 def _provide_fonts(config_dir: Path) -> None:
