@@ -33,7 +33,12 @@ def ensure_offline() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     os.environ.setdefault("YOLO_VERBOSE", "false")
-    from ultralytics.utils import SETTINGS
+    omp_given = "OMP_NUM_THREADS" in os.environ
+    import torch  # noqa: F401  before Ultralytics: torch's threads follow the cores (or the user's OMP_NUM_THREADS)
+    from ultralytics.utils import SETTINGS  # importing Ultralytics sets OMP_NUM_THREADS=1 where it is unset
+
+    if not omp_given:  # unset again: Ray then gives each trial's worker its own CPU count
+        os.environ.pop("OMP_NUM_THREADS", None)
 
     wanted = {
         "sync": False,
@@ -63,7 +68,9 @@ def _keep_torch_threads() -> None:
     rest of the process — a search's driver validated once and then recovered its policy on
     one core. Its torch_utils' copy of `NUM_THREADS` becomes the count torch has when this runs
     (OMP_NUM_THREADS where set, as Ray sets it for a trial's CPUs; else the cores); the
-    library's other uses of `NUM_THREADS` (data loading) are left alone.
+    library's other uses of `NUM_THREADS` (data loading) are left alone. Ultralytics' import
+    also sets OMP_NUM_THREADS=1 where unset, which would size torch's pool (when torch is
+    imported after it) and every Ray worker's: `ensure_offline` imports torch first and unsets it again.
     """
     import torch
     from ultralytics.utils import torch_utils
