@@ -158,6 +158,7 @@ def _card(study, number: int, attrs: dict, policy: Policy, figures: dict, sessio
         f"- size {attrs['size_mb']:.2f} MB, {attrs['params']:,} parameters, {attrs['macs'] / 1e9:.3f} GMACs at {record['imgsz']} px",
         f"- device fingerprint: `{yaml.safe_dump(attrs['fingerprint'], default_flow_style=True).strip()}`",
         f"- versions: ultralytics {ultralytics.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}",
+        *_repair_lines(attrs),
         "",
         *_recovery_lines(attrs),
         "## Distillation",
@@ -174,6 +175,17 @@ def _card(study, number: int, attrs: dict, policy: Policy, figures: dict, sessio
     for unit in units:
         lines.append(f"| {unit} | {policy.pruning.get(unit, 0.0):.2f} | {policy.precision.get(unit, 'fp32')} |")
     return "\n".join(lines) + "\n"
+
+
+def _repair_lines(attrs: dict) -> list[str]:
+    """The card's line for a trial that repaired its sampled policy (`search.repair`); nothing for another."""
+    proposal = attrs.get("repaired_from")
+    if not proposal:
+        return []
+    return [
+        f"- found by repair: the sampler proposed policy {proposal['policy_id']}, p50 {proposal['latency_ms']:.2f} ms "
+        "(over the budget); pruned further along the guided greedy until it timed within it"
+    ]
 
 
 def _recovery_lines(attrs: dict) -> list[str]:

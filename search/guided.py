@@ -40,7 +40,7 @@ from pathlib import Path
 from evaluators.registry import get_device
 from search.checkpoint import load_baseline
 from search.trial import TrialContext, build_screen
-from spaces.greedy import first_fit, greedy_path, segment_losses
+from spaces.greedy import SegmentCosts, first_fit, greedy_path, segment_losses
 from spaces.policy import Policy
 from spaces.precision import uniform_precisions
 from spaces.pruning import REFERENCE_RATIOS
@@ -77,16 +77,21 @@ class GuidedStart:
         return cls(Policy.from_dict(data["policy"]), float(data["target_ms"]), float(data["measured_ms"]))
 
 
-def guided_starts(ctx: TrialContext, model=None, *, log: Callable[[str], None] = print) -> dict[str, GuidedStart]:
-    """Name -> guided start of a study (see the module docstring); {} when there is none to make.
+def guided_starts(
+    ctx: TrialContext, model=None, *, log: Callable[[str], None] = print
+) -> tuple[dict[str, GuidedStart], SegmentCosts | None]:
+    """(name -> guided start of a study (see the module docstring), the segment costs they were found with);
+    ({}, None) when there is none to make (no sensitivity stored, or the fastest precision fits the budget).
 
+    The costs (`spaces.greedy.SegmentCosts`: the measured per-segment savings, the sensitivity's
+    losses, each segment's units) are what `search.repair` repairs sampled policies with.
     model: the loaded baseline, when the caller has it.
     """
     model = model if model is not None else load_baseline(ctx.checkpoint)
     path = sensitivity_path(ctx.checkpoint)
     if not path.is_file():
         log(f"guided starts: none, they need the model's sensitivity ({path}; run `squeezefit sensitivity`).")
-        return {}
+        return {}, None
     started = time.perf_counter()
     sensitivity = Sensitivity.load(path, model)
     session = _Session(ctx, model)
@@ -94,7 +99,7 @@ def guided_starts(ctx: TrialContext, model=None, *, log: Callable[[str], None] =
     targets = _targets(ctx, base_ms)
     if not targets:
         log(f"guided starts: none, all-{precision} ({base_ms:.2f} ms) already fits the budget.")
-        return {}
+        return {}, None
     segments = ctx.space.segments or graph_segments(model, ctx.imgsz)
     held = members(segments, [u.name for u in ctx.space.pruning_units])
     log(
@@ -126,7 +131,7 @@ def guided_starts(ctx: TrialContext, model=None, *, log: Callable[[str], None] =
     if missed:
         log(f"  no start fits {', '.join(missed)} ms within the grid")
     log(f"guided starts: {len(starts)} in {time.perf_counter() - started:.0f} s")
-    return starts
+    return starts, SegmentCosts(savings, losses, held)
 
 
 def _targets(ctx: TrialContext, base_ms: float) -> list[float]:

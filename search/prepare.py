@@ -31,6 +31,7 @@ from search.checkpoint import load_baseline
 from search.guided import GuidedStart, guided_starts
 from search.study import StudyConfig, study_record
 from search.trial import TrialContext, build_screen, time_artifact
+from spaces.greedy import SegmentCosts
 from spaces.importance import get_criterion
 from spaces.onnx_export import export_onnx, precision_units
 from spaces.policy import Policy
@@ -49,6 +50,7 @@ class Prepared:
     fastest_latency_ms: float | None
     fingerprint: dict
     starts: Mapping[str, GuidedStart] = field(default_factory=dict)  # name -> guided start (`search.guided`)
+    costs: SegmentCosts | None = None  # what the guided starts were found with; `search.repair` uses them
 
     def to_record(self, config: StudyConfig) -> dict:
         """What a study stores about itself (`search.study.STUDY_ATTR`): all `front`, `export` and `transfer` need."""
@@ -71,6 +73,7 @@ class Prepared:
             "segments": [[s.name, s.first, s.last] for s in ctx.space.segments],
             "dimensions": ctx.space.dimensions(),
             "guided_starts": {name: start.to_dict() for name, start in self.starts.items()},
+            **({"segment_costs": self.costs.to_dict()} if self.costs is not None else {}),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
 
@@ -120,6 +123,7 @@ def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
             "recover_epochs",
             "scheduler",
             "asha_reduction_factor",
+            "repair",
         )
     }
     digest = hashlib.sha256(json.dumps({**settings, "storage": config.storage_url}, sort_keys=True).encode())
@@ -187,13 +191,15 @@ def prepare(
         reference_ms=float(baseline_ms),
     )
     fastest_ms = check_budget(context, model) if time_fastest else None
+    costs = None
     if record is not None:
         starts = {n: GuidedStart.from_dict(s) for n, s in record.get("guided_starts", {}).items()}
+        costs = SegmentCosts.from_dict(record["segment_costs"]) if "segment_costs" in record else None
     elif guided and config.starts == "guided":
-        starts = guided_starts(context, model)
+        starts, costs = guided_starts(context, model)
     else:
         starts = {}
-    return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict(), starts)
+    return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict(), starts, costs)
 
 
 def stored_context(study, storage_url: str) -> TrialContext:

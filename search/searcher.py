@@ -225,9 +225,10 @@ def progress_callback(total: int, budget_ms: float, start: float):
                 if self.best
                 else "no feasible trial yet"
             )
+            repaired = f" (repaired from {r.repaired_from['latency_ms']:.2f} ms)" if r.repaired_from else ""
             print(
                 f"[trial {self.done}/{total}] {r.status:<10} mAP50-95 {r.map50_95:.4f}  p50 {r.latency_ms:.2f} ms "
-                f"(budget {budget_ms:.2f})  | {best} | ETA {eta / 60:.1f} min",
+                f"(budget {budget_ms:.2f}){repaired}  | {best} | ETA {eta / 60:.1f} min",
                 flush=True,
             )
 

@@ -53,6 +53,9 @@ class StudyConfig:
     rf = asha_reduction_factor.
     recover_epochs: after the search, recover the best policy under the budget this many epochs on the whole train
     split (`search.recover`) before it is exported; 0: export it as the search left it.
+    repair: a sampled policy over the budget is shaved along the guided starts' greedy until it fits, and the
+    trial scores that policy (`search.repair`); False: it stays an infeasible trial. Needs the guided starts'
+    measurements (starts "guided").
     """
 
     name: str = "default"
@@ -84,6 +87,7 @@ class StudyConfig:
     recover_epochs: int = 0
     scheduler: str = "fifo"
     asha_reduction_factor: int = 3
+    repair: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))

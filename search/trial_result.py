@@ -27,6 +27,8 @@ class TrialResult:
     interval, raw p50s, host drift, runs); size in MB; macs per image and params as plain
     counts; seconds: wall seconds per step. trained_on: where the trial ran (host; node: the Ray
     node id), set by the Ray trial function; where its latency was timed is `timing["measured_on"]`.
+    repaired_from: for a sampled policy over the budget that the trial repaired (`search.repair`), the proposal's
+    policy_id and p50 latency_ms and the repair's timed rounds; empty otherwise.
     """
 
     status: str
@@ -47,6 +49,7 @@ class TrialResult:
     seconds: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
     trained_on: dict = field(default_factory=dict)
+    repaired_from: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -27,11 +27,12 @@ from optuna.trial import TrialState
 from evaluators.environment import ensure_offline
 from evaluators.vocabulary import UserError
 from search.cluster import check_shared, where_this_runs
+from search.repair import Repair, evaluate_or_repair
 from search.samplers import make_sampler
 from search.scheduler import SCORE, asha_scheduler, front_map_at, no_score, score
 from search.searcher import define_by_run, failure_callback, progress_callback, searcher_class, trial_policy
 from search.study import OBJECTIVES, StudyConfig, create_study, load_study, open_storage, study_exists
-from search.trial import TrialContext, evaluate_policy
+from search.trial import TrialContext
 from search.trial_result import TrialResult
 
 # Optimistic mAP gain a trial may still make per remaining fine-tune epoch, and the margin
@@ -65,12 +66,20 @@ def dominated_at(study_name: str, storage_url: str, epoch: int, epochs: int, val
 
 
 def run_trial(
-    config: dict, ctx: TrialContext, study_name: str, storage_url: str, early_stop: bool, scheduled: bool = False
+    config: dict,
+    ctx: TrialContext,
+    study_name: str,
+    storage_url: str,
+    early_stop: bool,
+    scheduled: bool = False,
+    repair: Repair | None = None,
 ) -> None:
     """The Ray Tune function: one policy from Optuna's parameters, evaluated, its scored result reported.
 
     scheduled: a scheduler (`search.scheduler`) ranks the trial after every fine-tune epoch: each epoch is
     reported too, with the result the trial stands as (PRUNED) should the scheduler stop it there.
+    repair: a policy over the budget (not one of `repair.keep`) is repaired (`search.repair`) and the trial
+    scores the repaired policy, the proposal recorded in `repaired_from`; None: it is scored as infeasible.
     """
     from ray import tune
 
@@ -88,7 +97,9 @@ def run_trial(
         rank = score(value, front_map_at(study_name, storage_url, interim.latency_ms))
         tune.report({**_metrics(interim), SCORE: rank, "interim": json.dumps(interim.to_dict())})
 
-    result = evaluate_policy(policy, ctx, should_stop=should_stop, report_epoch=report_epoch if scheduled else None)
+    result = evaluate_or_repair(
+        policy, ctx, repair, should_stop=should_stop, report_epoch=report_epoch if scheduled else None
+    )
     result = replace(result, trained_on=where_this_runs())
     tune.report({**_metrics(result), SCORE: no_score(), "result": json.dumps(result.to_dict())})
 
@@ -163,7 +174,13 @@ def run_search(
     storage_url = config.storage_url
     record = prepared.to_record(config)
     starts = {n: s.policy for n, s in prepared.starts.items()}  # guided starts (`search.guided`)
-    references = {n: ctx.space.to_params(p) for n, p in {**ctx.space.reference_policies(), **starts}.items()}
+    named = {**ctx.space.reference_policies(), **starts}
+    references = {n: ctx.space.to_params(p) for n, p in named.items()}
+    repair = (
+        Repair(prepared.costs, frozenset(p.policy_id for p in named.values()))
+        if config.repair and prepared.costs is not None
+        else None
+    )
     _study, done = prepare_study(config, name, storage_url, record, references, resume=resume)
     remaining = config.trials - done
     start = time.perf_counter()
@@ -174,7 +191,8 @@ def run_search(
     print(
         f"study {name!r}: {remaining} trial(s) to run ({done} done) on {ctx.device}, budget {ctx.budget_ms:.2f} ms "
         f"(baseline FP32 {prepared.baseline_latency_ms:.2f} ms); {config.space} space of {dims['total']} dimensions "
-        f"({dims['prune']} ratios, {dims['precision']} precisions, {dims['distill']} fine-tune)",
+        f"({dims['prune']} ratios, {dims['precision']} precisions, {dims['distill']} fine-tune)"
+        + ("; a sampled policy over the budget is repaired" if repair else ""),
         flush=True,
     )
 
@@ -200,7 +218,13 @@ def run_search(
     try:
         scheduled = config.scheduler == "asha" and ctx.space.max_epochs > 1
         trainable = tune.with_parameters(
-            run_trial, ctx=ctx, study_name=name, storage_url=storage_url, early_stop=early_stop, scheduled=scheduled
+            run_trial,
+            ctx=ctx,
+            study_name=name,
+            storage_url=storage_url,
+            early_stop=early_stop,
+            scheduled=scheduled,
+            repair=repair,
         )
         # Fine-tuning uses the trial's share of the cores (one CPU on a cluster); latency is timed at the device's
         # own threads, on the device's node.

@@ -16,12 +16,17 @@ Where along that path a latency target is met is decided by timing (`search.guid
 by adding the savings up: neighbouring segments share a convolution, so summed savings
 over-promise, and more so the deeper the pruning. The additive estimate (`estimated_ms`)
 only picks the first point to time (`first_fit`).
+
+The same path, started from a sampled policy's ratios instead of the unpruned model
+(`greedy_path(..., start=...)`), repairs a policy over the budget (`search.repair`).
+`SegmentCosts` holds the tables with the segments' units, as a study stores them.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 LOSS_FLOOR = 1e-3
 """A step's estimated loss is at least this (mAP50-95): a free step is very good, not infinitely good."""
@@ -61,29 +66,70 @@ def _unit_drop(base_map: float, maps: Mapping[float, float] | None, ratio: float
     return max(d1, d1 + (d1 - d0) * (ratio - r1) / (r1 - r0))
 
 
+@dataclass(frozen=True)
+class SegmentCosts:
+    """The greedy's inputs as measured for one study: segment -> {grid ratio: ms saved} (`savings`), segment ->
+    {grid ratio: estimated mAP50-95 lost} (`losses`), and segment -> the pruning units it holds (`held`)."""
+
+    savings: Mapping[str, Mapping[float, float]]
+    losses: Mapping[str, Mapping[float, float]]
+    held: Mapping[str, tuple[str, ...]]
+
+    def to_dict(self) -> dict:
+        """JSON-ready (ratios as strings)."""
+
+        def table(t):
+            return {s: {str(r): v for r, v in row.items()} for s, row in t.items()}
+
+        return {
+            "savings": table(self.savings),
+            "losses": table(self.losses),
+            "held": {s: list(u) for s, u in self.held.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> SegmentCosts:
+        def table(t):
+            return {s: {float(r): float(v) for r, v in row.items()} for s, row in t.items()}
+
+        return cls(table(data["savings"]), table(data["losses"]), {s: tuple(u) for s, u in data["held"].items()})
+
+
 def estimated_ms(base_ms: float, savings: Mapping[str, Mapping[float, float]], ratios: Mapping[str, float]) -> float:
     """The additive latency estimate (ms) of pruning each segment at `ratios` (unnamed: 0)."""
     return base_ms - sum(_at(savings[s], r) for s, r in ratios.items())
 
 
 def _at(table: Mapping[float, float], ratio: float) -> float:
-    """A segment's saving or loss at `ratio` (0 unpruned)."""
-    return table[ratio] if ratio > 0 else 0.0
+    """A segment's saving or loss at `ratio` (0 unpruned): the table's value at a grid ratio, linear between grid
+    ratios (0 at 0), the last grid ratio's beyond it."""
+    if ratio <= 0:
+        return 0.0
+    if ratio in table:
+        return table[ratio]
+    points = [(0.0, 0.0), *sorted(table.items())]
+    for (r0, v0), (r1, v1) in itertools.pairwise(points):
+        if ratio <= r1:
+            return v0 + (v1 - v0) * (ratio - r0) / (r1 - r0)
+    return points[-1][1]
 
 
 def greedy_path(
-    savings: Mapping[str, Mapping[float, float]], losses: Mapping[str, Mapping[float, float]]
+    savings: Mapping[str, Mapping[float, float]],
+    losses: Mapping[str, Mapping[float, float]],
+    start: Mapping[str, float] | None = None,
 ) -> list[dict[str, float]]:
     """The greedy's policies in order, each one grid ratio beyond the one before: segment -> ratio (every
     segment of `savings`; 0: unpruned).
 
-    Each greedy step is `_best_step` (it may skip ratios of a segment; the skipped ratios
-    become path entries of their own, so the path moves one ratio at a time). The path ends
-    when every segment is at its last ratio or no step saves anything; a segment missing
-    from `losses` is never pruned. Latency falls along the path, up to measurement noise:
-    the caller times points of it to find where a target is first met.
+    start: segment -> the ratio the path starts from (any value; unnamed: 0); the path's steps
+    go to the grid ratios above it. Each greedy step is `_best_step` (it may skip ratios of a
+    segment; the skipped ratios become path entries of their own, so the path moves one ratio
+    at a time). The path ends when every segment is at or beyond its last ratio or no step
+    saves anything; a segment missing from `losses` is never pruned. Latency falls along the
+    path, up to measurement noise: the caller times points of it to find where a target is first met.
     """
-    ratios = {s: 0.0 for s in savings}
+    ratios = {s: float((start or {}).get(s, 0.0)) for s in savings}
     path: list[dict[str, float]] = []
     while (step := _best_step(savings, losses, ratios)) is not None:
         segment, ratio = step

@@ -212,7 +212,7 @@ def run_bench(
             )
         walls[UNIFORM] = round(time.perf_counter() - start, 1)
 
-        guided = {}  # measured once, by the first search that takes them; their cost in its wall time
+        guided, costs = {}, None  # measured once, by the first search that takes them; their cost in its wall time
         for contender, sampler in searches.items():
             start = time.perf_counter()
             # the per-unit contender: the same search over one ratio and one precision per block
@@ -220,7 +220,7 @@ def run_bench(
             # random search is the plain baseline: the uniform references, no guided starts; the searched spaces
             # share the same starts (unit-level policies, valid in both), so they differ in what their samplers find
             if contender != RANDOM and config.starts == "guided" and not guided:
-                guided = guided_starts(searched)
+                guided, costs = guided_starts(searched)
             starts = guided if contender != RANDOM else {}
             run_search(
                 replace(
@@ -229,7 +229,7 @@ def run_bench(
                     sampler=sampler,
                     space="per-unit" if contender == PER_UNIT else config.space,
                 ),
-                replace(prepared, context=searched, starts=starts),
+                replace(prepared, context=searched, starts=starts, costs=costs if contender != RANDOM else None),
                 name=studies[contender],
                 early_stop=early_stop,
             )

@@ -61,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="then recover the best policy under the budget N epochs on the whole train split before exporting it "
         "(default 0: export it as searched)",
     )
+    parser.add_argument(
+        "--no-repair",
+        dest="repair",
+        action="store_false",
+        default=None,
+        help="score a sampled policy over the budget as infeasible instead of shaving it until it fits",
+    )
     parser.add_argument("--resume", action="store_true", help="continue a stopped study of the same name")
     parser.add_argument("--no-early-stop", action="store_true", help="never stop a fine-tune early")
     parser.add_argument(

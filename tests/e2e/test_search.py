@@ -241,7 +241,8 @@ def test_killed_search_resumes_without_losing_trials(tmp_path):
 
 def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
     """`--starts guided`: starts timed on the device before the study, stored with it, enqueued after the references."""
-    from search.guided import GuidedStart
+    from search.guided import GRID, GuidedStart
+    from spaces.greedy import SegmentCosts
     from spaces.segments import graph_segments, segment_of
 
     storage = f"sqlite:///{tmp_path}/studies.db"
@@ -253,6 +254,11 @@ def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
     record = study_record(study)
     starts = {n: GuidedStart.from_dict(s) for n, s in record["guided_starts"].items()}
     assert starts, result.stdout[-3000:]  # at 0.5 and 0.33 of L0 something always has to be pruned
+    # what they were found with is stored for the repair of sampled policies over the budget (`search.repair`)
+    costs = SegmentCosts.from_dict(record["segment_costs"])
+    assert costs.savings.keys() == costs.losses.keys() == costs.held.keys() and len(costs.held) > 1
+    assert all(set(table) == set(GRID) for table in [*costs.savings.values(), *costs.losses.values()])
+    assert "a sampled policy over the budget is repaired" in result.stdout
     from search.checkpoint import load_baseline
 
     model = load_baseline(REPO_BASELINE)
@@ -280,3 +286,4 @@ def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
     assert "guided starts:" not in again.stdout
     assert study_record(load_study("guided", storage))["guided_starts"] == record["guided_starts"]
+    assert study_record(load_study("guided", storage))["segment_costs"] == record["segment_costs"]

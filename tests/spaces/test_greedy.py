@@ -2,7 +2,7 @@
 
 import pytest
 
-from spaces.greedy import estimated_ms, first_fit, greedy_path, segment_losses
+from spaces.greedy import SegmentCosts, estimated_ms, first_fit, greedy_path, segment_losses
 
 # ms saved with only that segment pruned at that ratio (the base is 10 ms)
 SAVINGS = {
@@ -60,3 +60,21 @@ def test_a_unit_never_measured_is_assumed_costly_and_losses_keep_growing_with_th
     losses = segment_losses(0.4, {}, {"seg": ("x", "y")}, (0.25, 0.75))
     assert losses["seg"][0.25] == pytest.approx(0.2)  # 2 units x 0.4 x 0.25
     assert losses["seg"][0.75] == pytest.approx(0.6)  # not capped at the base mAP: 0.75 must look worse than 0.5
+
+
+def test_a_path_from_a_sampled_policy_steps_up_from_its_ratios_between_grid_points():
+    # a proposal with the neck already at 0.6 (between grid ratios) and the stem at 0.25
+    path = greedy_path(SAVINGS, LOSSES, start={"stem": 0.25, "neck": 0.6})
+    assert path[0] == {"stem": 0.25, "neck": 0.75, "head": 0.0}  # the free neck's next grid ratio first
+    assert [(p["stem"], p["neck"]) for p in path] == [(0.25, 0.75), (0.5, 0.75), (0.75, 0.75)]
+    # the estimate of a start between grid points interpolates its saving: 0.6 of the neck saves 1.2 ms
+    assert estimated_ms(10.0, SAVINGS, {"neck": 0.6}) == pytest.approx(8.8)
+    assert estimated_ms(10.0, SAVINGS, {"neck": 0.9}) == pytest.approx(8.5)  # beyond the grid: its last saving
+    assert greedy_path(SAVINGS, LOSSES, start={"stem": 0.75, "neck": 0.8}) == []  # nothing left to shave
+
+
+def test_segment_costs_survive_json():
+    import json
+
+    costs = SegmentCosts(SAVINGS, LOSSES, {"stem": ("model.0",), "neck": ("model.13", "model.16"), "head": ()})
+    assert SegmentCosts.from_dict(json.loads(json.dumps(costs.to_dict()))) == costs
