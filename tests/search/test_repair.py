@@ -91,3 +91,12 @@ def test_no_repair_fits_an_impossible_budget_within_its_rounds(context, held, tm
     repaired = repair_policy(proposal, 10.0, ctx, costs(held, saving_ms=5.0), log=lines.append)
     assert repaired.policy is None and len(repaired.timed_ms) == len(lines) == ROUNDS  # a 27-step path: 3 rounds
     assert evaluate_or_repair(proposal, ctx, Repair(costs(held, saving_ms=5.0))).status == "infeasible"
+
+
+def test_the_card_says_a_trial_was_found_by_repair_and_from_which_proposal():
+    from search.export import _repair_lines
+
+    proposal = {"policy_id": "4bc0304e9334", "latency_ms": 4.04, "timed_ms": [3.55]}
+    (line,) = _repair_lines({"repaired_from": proposal})
+    assert "found by repair" in line and "4bc0304e9334" in line and "4.04 ms" in line
+    assert _repair_lines({"repaired_from": {}}) == _repair_lines({}) == []
