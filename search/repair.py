@@ -119,7 +119,8 @@ def evaluate_or_repair(policy: Policy, ctx: TrialContext, repair: Repair | None,
 
     The repaired result records the proposal in `repaired_from` (policy_id, p50 latency_ms, the repair's
     timed_ms) and its cost first in `seconds` ("proposal": the proposal's screen and validation, "repair":
-    the repair's builds and timings). Where no repair fits, the proposal's infeasible result.
+    the repair's builds and timings); so do the interim results handed to `report_epoch`. Where no repair
+    fits, the proposal's infeasible result.
     """
     result = evaluate_policy(policy, ctx, **evaluate)
     if result.status != "infeasible" or repair is None or policy.policy_id in repair.keep:
@@ -130,5 +131,10 @@ def evaluate_or_repair(policy: Policy, ctx: TrialContext, repair: Repair | None,
         return result
     spent = {"proposal": round(sum(result.seconds.values()), 2), "repair": round(time.perf_counter() - started, 2)}
     proposal = {"policy_id": policy.policy_id, "latency_ms": result.latency_ms, "timed_ms": list(repaired.timed_ms)}
+    if (report := evaluate.get("report_epoch")) is not None:  # a scheduler may stop it there: say so then too
+        evaluate = {
+            **evaluate,
+            "report_epoch": lambda e, v, interim: report(e, v, replace(interim, repaired_from=proposal)),
+        }
     fixed = evaluate_policy(repaired.policy, ctx, **evaluate)
     return replace(fixed, repaired_from=proposal, seconds={**spent, **fixed.seconds})

@@ -100,3 +100,21 @@ def test_the_card_says_a_trial_was_found_by_repair_and_from_which_proposal():
     (line,) = _repair_lines({"repaired_from": proposal})
     assert "found by repair" in line and "4bc0304e9334" in line and "4.04 ms" in line
     assert _repair_lines({"repaired_from": {}}) == _repair_lines({}) == []
+
+
+def test_a_repaired_trial_a_scheduler_sees_after_an_epoch_names_its_proposal(context, held, tmp_path):
+    """Where a scheduler ranks each epoch (`report_epoch`), the interim result it may stop the trial at is the
+    repaired policy's and records the proposal too."""
+    two_epochs = DistillationSettings(enabled=False, epochs=2)
+    proposal = Policy(distillation=two_epochs)
+    free = context(outdir=str(tmp_path / "unbounded"))
+    high = evaluate_policy(Policy(distillation=NO_FINETUNE), free).latency_ms
+    low = evaluate_policy(shaved(Policy(distillation=NO_FINETUNE), held, {s: 0.75 for s in held}), free).latency_ms
+    ctx = context(budget_ms=(low + high) / 2, outdir=str(tmp_path / "study"), train_images=2)
+    seen = []
+    result = evaluate_or_repair(
+        proposal, ctx, Repair(costs(held, saving_ms=1e-3)), report_epoch=lambda e, v, interim: seen.append(interim)
+    )
+    assert result.status == "complete" and result.repaired_from["policy_id"] == proposal.policy_id
+    assert len(seen) == 1 and seen[0].status == "pruned"  # after epoch 1 of 2
+    assert seen[0].policy_id == result.policy_id and seen[0].repaired_from == result.repaired_from
