@@ -235,5 +235,9 @@ def test_stability_benchmark_defaults_to_paired_with_a_reference(nets, tmp_path)
     assert len(ratios) == 2 and min(ratios) > 1 and int(rows[0][5]) >= 5
     spread = float(rows[0][8].rstrip("%")) / 100
     assert abs(spread - (max(ratios) / min(ratios) - 1)) < 0.005  # ratios print rounded
-    assert rows[0][9] == ("PASS" if spread <= 0.03 else "FAIL")
+    exact = max(ratios) / min(ratios) - 1  # the verdict is on the unrounded spread: near 3% the printed one can't say
+    if abs(exact - 0.03) > 0.0005:
+        assert rows[0][9] == ("PASS" if exact <= 0.03 else "FAIL")
+    else:
+        assert rows[0][9] in ("PASS", "FAIL")
     assert rows[0][10].endswith("%") and len(rows[0][11].strip(" |").split(", ")) == 2
