@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from benchmark_report import command_line, publish
 
 from evaluators.environment import ensure_offline
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((name, tuned.epoch_maps, best, acc.map50_95, tuned.seconds))
             print(f"[qat bench] {name}: best epoch {best:.4f}, INT8 artifact {acc.map50_95:.4f}", flush=True)
 
-    command = shlex.join(["python", "benchmarks/qat.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     lines = [
         "# Quantization-aware vs plain recovery",
         "",
@@ -137,10 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "the EMA model, which keeps the fake-quantized convs), so its INT8 cost is what the simulation misses, not "
         "what quantization costs it.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        args.output.write_text(text)
+    publish(lines, args.output)
     return 0
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from benchmark_report import command_line, publish
 
 from evaluators.environment import ensure_offline
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     ctx = prepared.context
-    command = shlex.join(["python", "benchmarks/repair.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     lines = [
         "# Repair of sampled policies over the budget: with and without, at equal trials",
         "",
@@ -109,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "The second search reuses the first one's results of the references and guided starts (same policies, same "
         "output folder), so its wall time leaves them out; the sampled trials are its own.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        args.output.write_text(text)
+    publish(lines, args.output)
     return 0
 
 

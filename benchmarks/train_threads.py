@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmark_report import command_line, publish
 
 from evaluators.environment import ensure_offline
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[threads].append(result.seconds)
                 print(f"[train threads] round {round_ + 1}: {threads} thread(s) {result.seconds:.1f} s", flush=True)
 
-    command = shlex.join(["python", "benchmarks/train_threads.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     one, many = statistics.median(seconds[1]), statistics.median(seconds[cores])
     lines = [
         "# Fine-tune wall time by torch threads",
@@ -85,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{cores} threads take {many / one:.2f}x the wall time of 1.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        args.output.write_text(text)
+    publish(lines, args.output)
     return 0
 
 

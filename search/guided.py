@@ -39,7 +39,7 @@ from pathlib import Path
 
 from evaluators.registry import get_device
 from search.checkpoint import load_baseline
-from search.trial import TrialContext, build_screen
+from search.trial import TrialContext, timing_screen
 from spaces.greedy import SegmentCosts, first_fit, greedy_path, segment_losses
 from spaces.policy import Policy
 from spaces.precision import uniform_precisions
@@ -230,13 +230,7 @@ class _Session:
     def time_policies(self, policies: list[Policy]) -> list[float]:
         """Each policy's screen, timing-only, timed together with the reference in one session: ms on the study scale."""
         recipe = self.device.recipe_for()
-        paths = []
-        for policy in policies:
-            path = self.folder / f"{policy.policy_id}.onnx"
-            if not path.is_file():  # built by an earlier round or an earlier creation of this study
-                partial = path.with_suffix(".partial.onnx")
-                build_screen(policy, self.ctx, recipe, partial, baseline=self.model, timing_only=True)
-                partial.replace(path)
-            paths.append(path)
+        # built once: an earlier round or an earlier creation of this study may have built it
+        paths = [timing_screen(policy, self.ctx, recipe, self.folder, baseline=self.model) for policy in policies]
         measured = self.device.measure_together([self.ctx.reference_artifact, *paths], settings=self.ctx.timing)
         return [m.latency_ms(self.ctx.reference_ms) for m in measured[1:]]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from evaluators.registry import get_device
 from search.guided import BUDGET_MARGIN
-from search.trial import TrialContext, build_screen, evaluate_policy, time_artifact
+from search.trial import TrialContext, evaluate_policy, time_artifact, timing_screen
 from search.trial_result import TrialResult
 from spaces.greedy import SegmentCosts, estimated_ms, greedy_path
 from spaces.policy import Policy
@@ -85,24 +85,20 @@ def repair_policy(
     if not path:
         return Repaired(None, ())
     target = ctx.budget_ms * BUDGET_MARGIN
-    base = estimated_ms(0.0, costs.savings, start)  # minus the savings already taken by the proposal
+    unpruned_ms = measured_ms - estimated_ms(0.0, costs.savings, start)  # the proposal's savings given back
+    additive = [estimated_ms(unpruned_ms, costs.savings, r) for r in path]
     device = get_device(ctx.device)
     recipe = device.recipe_for(policy.recipe)
     folder = Path(ctx.outdir) / "repair"
     folder.mkdir(parents=True, exist_ok=True)
     correction, after, timed = 0.0, -1, []
     for _ in range(ROUNDS):
-        estimates = [measured_ms + estimated_ms(0.0, costs.savings, r) - base + correction for r in path]
+        estimates = [ms + correction for ms in additive]
         index = next((i for i in range(after + 1, len(path)) if estimates[i] <= target), len(path) - 1)
         if index <= after:
             break
         candidate = shaved(policy, costs.held, path[index])
-        screen = folder / f"{candidate.policy_id}.onnx"
-        if not screen.is_file():
-            partial = screen.with_suffix(".partial.onnx")
-            build_screen(candidate, ctx, recipe, partial, timing_only=True)
-            partial.replace(screen)
-        ms = time_artifact(device, screen, ctx).latency_ms
+        ms = time_artifact(device, timing_screen(candidate, ctx, recipe, folder), ctx).latency_ms
         timed.append(round(ms, 4))
         steps = ", ".join(f"{s} {r:g}" for s, r in path[index].items() if r > start[s])
         log(f"  repair: {policy.policy_id} {measured_ms:.2f} ms -> {candidate.policy_id} {ms:.2f} ms ({steps})")

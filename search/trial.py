@@ -144,6 +144,17 @@ def build_screen(
     return pruned, baseline.names, screen
 
 
+def timing_screen(policy: Policy, ctx: TrialContext, recipe: Int8Recipe, folder: Path, baseline=None) -> Path:
+    """`<folder>/<policy_id>.onnx`: the policy's timing-only screen (`build_screen`), built once — an earlier build
+    there is reused, and a build is written under a temporary name first, so an interrupted one is never taken."""
+    path = Path(folder) / f"{policy.policy_id}.onnx"
+    if not path.is_file():
+        partial = path.with_suffix(".partial.onnx")
+        build_screen(policy, ctx, recipe, partial, baseline=baseline, timing_only=True)
+        partial.replace(path)
+    return path
+
+
 def build_deployed(model, policy: Policy, ctx: TrialContext, recipe: Int8Recipe, path: Path) -> Path:
     """Write the artifact that is deployed for a fine-tuned `model` (with its `names`), calibrated on every image."""
     artifact = build_artifact(

@@ -216,7 +216,7 @@ def finetune(
     )
     threads = torch.get_num_threads()
     trainer = _GivenModelTrainer(overrides=args)
-    torch.set_num_threads(threads)  # Ultralytics' CPU training leaves cpu_count - 1; the caller's count is kept
+    torch.set_num_threads(threads)  # its select_device sets the process's count; a caller's own count is kept
     trainer.given_model = model
     trainer.before_step = regularizer(model) if regularizer is not None else None
     epoch_maps: list[float] = []

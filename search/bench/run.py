@@ -221,7 +221,7 @@ def run_bench(
             # share the same starts (unit-level policies, valid in both), so they differ in what their samplers find
             if contender != RANDOM and config.starts == "guided" and not guided:
                 guided, costs = guided_starts(searched)
-            starts = guided if contender != RANDOM else {}
+            starts, start_costs = (guided, costs) if contender != RANDOM else ({}, None)
             run_search(
                 replace(
                     config,
@@ -229,7 +229,7 @@ def run_bench(
                     sampler=sampler,
                     space="per-unit" if contender == PER_UNIT else config.space,
                 ),
-                replace(prepared, context=searched, starts=starts, costs=costs if contender != RANDOM else None),
+                replace(prepared, context=searched, starts=starts, costs=start_costs),
                 name=studies[contender],
                 early_stop=early_stop,
             )

@@ -38,6 +38,17 @@ def costs(held, saving_ms: float) -> SegmentCosts:
     return SegmentCosts(savings, losses, held)
 
 
+def budget_between(context, held, tmp_path) -> float:
+    """Halfway between the unpruned FP32 model's latency and the greedy path's end (everything at 0.75), timed
+    in a study without a budget: the unpruned proposal is over it, the path's end within it (its timing cached)."""
+    free = context(outdir=str(tmp_path / "unbounded"))
+    unpruned = Policy(distillation=NO_FINETUNE)
+    high = evaluate_policy(unpruned, free).latency_ms
+    low = evaluate_policy(shaved(unpruned, held, {s: 0.75 for s in held}), free).latency_ms
+    assert low < 0.8 * high, (low, high)  # pruning must save time here for the test to say anything
+    return (low + high) / 2
+
+
 def test_segment_ratios_and_shaving_never_prune_a_unit_less(held):
     first, second = list(held)[:2]
     unit = held[first][0]
@@ -53,12 +64,7 @@ def test_segment_ratios_and_shaving_never_prune_a_unit_less(held):
 
 def test_a_proposal_over_the_budget_is_scored_as_its_repair_within_it(context, held, tmp_path):
     proposal = Policy(distillation=NO_FINETUNE)  # unpruned FP32: the reference's own latency
-    end = shaved(proposal, held, {s: 0.75 for s in held})  # the greedy path's end: everything at 0.75
-    free = context(outdir=str(tmp_path / "unbounded"))
-    high = evaluate_policy(proposal, free).latency_ms
-    low = evaluate_policy(end, free).latency_ms
-    assert low < 0.8 * high, (low, high)  # pruning must save time here for the test to say anything
-    ctx = context(budget_ms=(low + high) / 2, outdir=str(tmp_path / "study"))
+    ctx = context(budget_ms=budget_between(context, held, tmp_path), outdir=str(tmp_path / "study"))
     # the costs promise little per step: the first candidate timed is the path's end, cached within the budget
     repair = Repair(costs(held, saving_ms=1e-3))
 
@@ -107,10 +113,7 @@ def test_a_repaired_trial_a_scheduler_sees_after_an_epoch_names_its_proposal(con
     repaired policy's and records the proposal too."""
     two_epochs = DistillationSettings(enabled=False, epochs=2)
     proposal = Policy(distillation=two_epochs)
-    free = context(outdir=str(tmp_path / "unbounded"))
-    high = evaluate_policy(Policy(distillation=NO_FINETUNE), free).latency_ms
-    low = evaluate_policy(shaved(Policy(distillation=NO_FINETUNE), held, {s: 0.75 for s in held}), free).latency_ms
-    ctx = context(budget_ms=(low + high) / 2, outdir=str(tmp_path / "study"), train_images=2)
+    ctx = context(budget_ms=budget_between(context, held, tmp_path), outdir=str(tmp_path / "study"), train_images=2)
     seen = []
     result = evaluate_or_repair(
         proposal, ctx, Repair(costs(held, saving_ms=1e-3)), report_epoch=lambda e, v, interim: seen.append(interim)
