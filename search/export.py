@@ -159,6 +159,7 @@ def _card(study, number: int, attrs: dict, policy: Policy, figures: dict, sessio
         f"- device fingerprint: `{yaml.safe_dump(attrs['fingerprint'], default_flow_style=True).strip()}`",
         f"- versions: ultralytics {ultralytics.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}",
         *_repair_lines(attrs),
+        *_activation_lines(policy, record),
         "",
         *_recovery_lines(attrs),
         "## Distillation",
@@ -175,6 +176,18 @@ def _card(study, number: int, attrs: dict, policy: Policy, figures: dict, sessio
     for unit in units:
         lines.append(f"| {unit} | {policy.pruning.get(unit, 0.0):.2f} | {policy.precision.get(unit, 'fp32')} |")
     return "\n".join(lines) + "\n"
+
+
+def _activation_lines(policy: Policy, record: dict) -> list[str]:
+    """The card's line on the policy's activation, where it swaps the model's own (`spaces.activation`)."""
+    if policy.activation is None:
+        return []
+    variant = record.get("variants", {}).get(policy.activation, {})
+    converted = f" ({variant['map50_95']:.4f} mAP50-95 after conversion)" if "map50_95" in variant else ""
+    return [
+        f"- activation: {policy.activation} in place of SiLU; pruned and fine-tuned from the baseline converted to "
+        f"it{converted}"
+    ]
 
 
 def _repair_lines(attrs: dict) -> list[str]:

@@ -6,8 +6,9 @@ greedy of `spaces.greedy`, from measurements taken on the study's device when th
 is created:
 
 1. The device's fastest precision: the unpruned model at every precision the device
-   offers, timed side by side with the study's reference (its FP32 artifact); the fastest
-   becomes every unit's precision (no precision islands: the greedy prunes only).
+   offers, with each activation the study offers (`spaces.activation`) and its own, timed
+   side by side with the study's reference (its FP32 artifact); the fastest becomes every
+   unit's precision (no precision islands: the greedy prunes only) and every start's activation.
 2. Per-segment savings: for every segment (`spaces.segments.graph_segments`) and ratio of
    `GRID`, the model at that precision with only that segment pruned, timed in one
    round-robin session per segment with the unpruned one — savings in ms on the study's scale.
@@ -96,14 +97,15 @@ def guided_starts(
     sensitivity = Sensitivity.load(path, model)
     session = _Session(ctx, model)
     precision, base_ms = session.fastest_precision()
+    fastest = f"all-{precision}" + (f" with {session.activation}" if session.activation else "")
     targets = _targets(ctx, base_ms)
     if not targets:
-        log(f"guided starts: none, all-{precision} ({base_ms:.2f} ms) already fits the budget.")
+        log(f"guided starts: none, {fastest} ({base_ms:.2f} ms) already fits the budget.")
         return {}, None
     segments = ctx.space.segments or graph_segments(model, ctx.imgsz)
     held = members(segments, [u.name for u in ctx.space.pruning_units])
     log(
-        f"guided starts: all-{precision} {base_ms:.2f} ms is the fastest precision; timing {len(held)} segments "
+        f"guided starts: {fastest} {base_ms:.2f} ms is the fastest; timing {len(held)} segments "
         f"pruned at {', '.join(f'{r:g}' for r in GRID)} for targets {', '.join(f'{t:.2f}' for t in targets)} ms"
     )
     savings, base_ms = session.segment_savings(held, precision)
@@ -122,7 +124,7 @@ def guided_starts(
         name = f"guided-{target / BUDGET_MARGIN / ctx.reference_ms:.2f}x"  # the limit it was made for, x L0
         starts[name] = GuidedStart(policy, round(target, 4), round(measured, 4))
         shaved = ", ".join(f"{s} {r:g}" for s, r in ratios.items() if r > 0) or "nothing"
-        log(f"  {name}: {measured:.2f} ms (target {target:.2f}), pruned {shaved}, all {precision}")
+        log(f"  {name}: {measured:.2f} ms (target {target:.2f}), pruned {shaved}, {fastest}")
     missed = [
         f"{t:.2f}" + (f" (closest timed {missed_by[t]:.2f})" if t in missed_by else " (beyond the grid's estimate)")
         for t in targets
@@ -194,6 +196,7 @@ class _Session:
 
     def __init__(self, ctx: TrialContext, model) -> None:
         self.ctx, self.model = ctx, model
+        self.activation: str | None = None  # of every policy made here; `fastest_precision` chooses it
         self.device = get_device(ctx.device)
         self.folder = Path(ctx.outdir) / "guided"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -203,13 +206,27 @@ class _Session:
             pruning={u: r for s, r in ratios.items() if r > 0 for u in held[s]},
             precision=uniform_precisions(self.ctx.space.precision_units, precision),
             distillation=self.ctx.space.pruned_finetune(),
+            activation=self.activation,
         )
 
     def fastest_precision(self) -> tuple[str, float]:
-        """(precision, ms): the unpruned model's fastest uniform precision among those offered (fp32 = L0)."""
-        others = [p for p in self.ctx.space.offered if p != "fp32"]
-        measured = self.time_policies([self.policy({}, {}, p) for p in others]) if others else []
-        return min([("fp32", self.ctx.reference_ms), *zip(others, measured, strict=True)], key=lambda pm: pm[1])
+        """(precision, ms): the unpruned model's fastest uniform precision among those offered (fp32 = L0), each
+        with the model's own activation and each the study offers; the fastest's activation becomes the session's."""
+        corners = [
+            (p, a)
+            for p in self.ctx.space.offered
+            for a in (None, *self.ctx.space.activations)
+            if (p, a) != ("fp32", None)
+        ]
+        policies = []
+        for precision, activation in corners:
+            self.activation = activation
+            policies.append(self.policy({}, {}, precision))
+        measured = self.time_policies(policies) if policies else []
+        (precision, self.activation), ms = min(
+            [(("fp32", None), self.ctx.reference_ms), *zip(corners, measured, strict=True)], key=lambda cm: cm[1]
+        )
+        return precision, ms
 
     def segment_savings(self, held, precision: str) -> tuple[dict[str, dict[float, float]], float]:
         """(segment -> {ratio: ms saved}, the unpruned model's ms): one session per segment, its variants timed

@@ -1,6 +1,7 @@
 """Turn a StudyConfig into what trials need: data, baseline, device, space, budget.
 
-`prepare(config)` does the few real measurements a study needs before its first trial:
+`prepare(config)` does the few real measurements a study needs before its first trial
+(and, where the study offers activations, converts its baseline to each once, `search.variants`):
 the baseline's FP32 artifact is exported and timed on the device (the reference latency
 L0 that `budget_fraction` is relative to), and the most compressed policy the space allows
 is timed against it side by side, so an impossible budget is a clear error before any
@@ -16,6 +17,7 @@ calls `check_budget` otherwise.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Mapping
@@ -31,6 +33,8 @@ from search.checkpoint import load_baseline
 from search.guided import GuidedStart, guided_starts
 from search.study import StudyConfig, study_record
 from search.trial import TrialContext, build_screen, time_artifact
+from search.variants import Variant, convert_baseline
+from spaces.activation import check_activation
 from spaces.greedy import SegmentCosts
 from spaces.importance import get_criterion
 from spaces.onnx_export import export_onnx, precision_units
@@ -51,6 +55,7 @@ class Prepared:
     fingerprint: dict
     starts: Mapping[str, GuidedStart] = field(default_factory=dict)  # name -> guided start (`search.guided`)
     costs: SegmentCosts | None = None  # what the guided starts were found with; `search.repair` uses them
+    variants: Mapping[str, Variant] = field(default_factory=dict)  # activation -> converted baseline
 
     def to_record(self, config: StudyConfig) -> dict:
         """What a study stores about itself (`search.study.STUDY_ATTR`): all `front`, `export` and `transfer` need."""
@@ -74,6 +79,7 @@ class Prepared:
             "dimensions": ctx.space.dimensions(),
             "guided_starts": {name: start.to_dict() for name, start in self.starts.items()},
             **({"segment_costs": self.costs.to_dict()} if self.costs is not None else {}),
+            **({"variants": {a: v.to_dict() for a, v in self.variants.items()}} if self.variants else {}),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
 
@@ -149,9 +155,23 @@ def prepare(
     (a caller that runs no search).
     """
     get_criterion(config.pruning_importance)  # an unknown name fails before minutes of preparation
+    for activation in config.activations:
+        check_activation(activation)
     checkpoint = Path(config.model)
     model = load_baseline(checkpoint)
     data_yaml = resolve_data(config)
+    variants = {
+        a: convert_baseline(
+            checkpoint,
+            data_yaml,
+            activation=a,
+            imgsz=config.imgsz,
+            epochs=config.activation_epochs,
+            seed=config.seed,
+            val_images=config.val_images,
+        )
+        for a in config.activations
+    }
     device = get_device(config.device)
     outdir = studies_dir() / "runs" / f"{name or config.name}-{setup_digest(config, checkpoint)}"
     outdir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +185,7 @@ def prepare(
         segments=graph_segments(model, config.imgsz) if config.space == "segments" else (),
         # a resumed study keeps the references it was created with (a record without one: the speed order)
         fastest=record.get("fastest_precision", "") if record is not None else device.fastest_precision,
+        activations=config.activations,
     )
     timing = TimingSettings(min_seconds=config.latency_min_seconds)
     if record is not None:
@@ -189,6 +210,7 @@ def prepare(
         pruning_round_to=config.pruning_round_to,
         reference_artifact=str(reference),
         reference_ms=float(baseline_ms),
+        variants=tuple((a, v.checkpoint) for a, v in variants.items()),
     )
     fastest_ms = check_budget(context, model) if time_fastest else None
     costs = None
@@ -199,7 +221,7 @@ def prepare(
         starts, costs = guided_starts(context, model)
     else:
         starts = {}
-    return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict(), starts, costs)
+    return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict(), starts, costs, variants)
 
 
 def stored_context(study, storage_url: str) -> TrialContext:
@@ -215,7 +237,7 @@ def stored_context(study, storage_url: str) -> TrialContext:
 
 def check_budget(ctx: TrialContext, model=None) -> float:
     """p50 (ms, on the study's scale) of the fastest corner of the space: every unit at the largest ratio, at each
-    offered precision; UserError if it is over `ctx.budget_ms` (an impossible budget).
+    offered precision, with each offered activation; UserError if it is over `ctx.budget_ms` (an impossible budget).
 
     Every precision is measured, not assumed: on a small pruned model INT8's Q/DQ overhead
     can make it slower than FP32. The artifacts are the trials' own screen artifacts.
@@ -234,9 +256,11 @@ def _fastest_latency(ctx: TrialContext, device, model) -> float:
     space = ctx.space
     ratios = uniform_ratios(space.pruning_units, space.ratio_range[1])
     latencies = []
-    for precision in space.offered:
-        policy = Policy(pruning=ratios, precision=uniform_precisions(space.precision_units, precision))
-        path = Path(ctx.outdir) / f"fastest-{precision}.onnx"
+    for precision, activation in itertools.product(space.offered, (None, *space.activations)):
+        policy = Policy(
+            pruning=ratios, precision=uniform_precisions(space.precision_units, precision), activation=activation
+        )
+        path = Path(ctx.outdir) / f"fastest-{precision}{f'-{activation}' if activation else ''}.onnx"
         _, _, screen = build_screen(policy, ctx, device.recipe_for(), path, baseline=model)
         latencies.append(time_artifact(device, screen.path, ctx).latency_ms)
     return min(latencies)

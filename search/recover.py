@@ -35,8 +35,7 @@ import torch
 from evaluators.datasets import split_images, subset_data_yaml
 from evaluators.registry import get_device
 from evaluators.vocabulary import UserError
-from search.checkpoint import load_baseline
-from search.trial import TrialContext, build_deployed, prune, time_artifact, validate_artifact
+from search.trial import TrialContext, build_deployed, prune, start_model, time_artifact, validate_artifact
 from search.trial_result import Stopwatch, TrialResult, add_measured_trial, load_result, save_result, size_mb
 from spaces.distillation import DistillationSettings, finetune
 from spaces.onnx_export import preprocess_images
@@ -188,7 +187,7 @@ def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: Rec
     watch = Stopwatch()
     device = get_device(ctx.device)
     recipe = device.recipe_for(policy.recipe)
-    baseline = load_baseline(ctx.checkpoint)
+    baseline = start_model(policy, ctx)  # the baseline, or its conversion to the policy's activation
     data_yaml = subset_data_yaml(Path(ctx.data_yaml), "train", settings.train_images, out)
     data_yaml = subset_data_yaml(data_yaml, "val", ctx.val_images, out)
     distillation = settings.distillation(policy.distillation)

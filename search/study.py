@@ -56,6 +56,10 @@ class StudyConfig:
     repair: a sampled policy over the budget is shaved along the guided starts' greedy until it fits, and the
     trial scores that policy (`search.repair`); False: it stays an infeasible trial. Needs the guided starts'
     measurements (starts "guided").
+    activations: activations a policy may run the model's convolutions with instead of their SiLU
+    (`spaces.activation.ACTIVATIONS`, e.g. [relu]; checked by `search.prepare`, like pruning_importance); the
+    study converts its baseline to each once, distilling it
+    `activation_epochs` epochs on the whole train split (`search.variants`, cached). Empty: none.
     """
 
     name: str = "default"
@@ -88,9 +92,13 @@ class StudyConfig:
     scheduler: str = "fifo"
     asha_reduction_factor: int = 3
     repair: bool = True
+    activations: tuple[str, ...] = ()
+    activation_epochs: int = 10
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
+        activations = self.activations or ()
+        object.__setattr__(self, "activations", (activations,) if isinstance(activations, str) else tuple(activations))
         problems = []
         if self.budget_ms is not None and self.budget_ms <= 0:
             problems.append(f"budget_ms must be positive, got {self.budget_ms}")
@@ -120,6 +128,8 @@ class StudyConfig:
             problems.append(f"unknown starts {self.starts!r} (choose from {', '.join(STARTS)})")
         if self.pruning_round_to is not None and self.pruning_round_to < 1:
             problems.append(f"pruning_round_to must be a positive channel count or null, got {self.pruning_round_to}")
+        if self.activations and self.activation_epochs < 1:
+            problems.append(f"activation_epochs must be at least 1 with activations, got {self.activation_epochs}")
         if problems:
             raise UserError(f"invalid study config: {problems[0]}.")
 
@@ -170,6 +180,7 @@ class StudyConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["objectives"] = list(self.objectives)
+        data["activations"] = list(self.activations)
         return data
 
 

@@ -49,8 +49,15 @@ import torch
 
 from evaluators.artifact import structure_hash
 from evaluators.registry import get_device
-from search.checkpoint import load_baseline
-from search.trial import TrialContext, TrialLatency, build_deployed, build_screen, prune, validate_artifact
+from search.trial import (
+    TrialContext,
+    TrialLatency,
+    build_deployed,
+    build_screen,
+    prune,
+    start_model,
+    validate_artifact,
+)
 from search.trial_result import Stopwatch, TrialResult, save_result, size_mb
 from spaces.policy import Policy
 from spaces.precision import build_artifact
@@ -135,7 +142,7 @@ def build_carried(
         if complete:
             model = torch.load(source.weights, map_location="cpu", weights_only=False)
         else:
-            baseline = load_baseline(ctx.checkpoint)
+            baseline = start_model(policy, ctx)
             model = prune(baseline, policy, ctx).model
             model.names = baseline.names
         build_artifact(

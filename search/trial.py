@@ -27,9 +27,10 @@ from evaluators.accuracy import measure_accuracy
 from evaluators.base import TimingSettings
 from evaluators.datasets import subset_data_yaml
 from evaluators.registry import get_device
-from evaluators.vocabulary import Int8Recipe
+from evaluators.vocabulary import Int8Recipe, UserError
 from search.checkpoint import load_baseline
 from search.trial_result import Stopwatch, TrialResult, load_result, save_result, size_mb
+from spaces.activation import with_activation
 from spaces.distillation import finetune
 from spaces.policy import Policy
 from spaces.precision import build_artifact
@@ -48,6 +49,8 @@ class TrialContext:
     knobs (first N images of each split); None = the whole split. pruning_importance /
     pruning_round_to: how `spaces.pruning.apply_pruning` ranks a unit's channels (a
     criterion's name) and rounds the count it keeps (a multiple of it; None: any count).
+    variants: (activation, checkpoint) of each converted baseline of the study (`search.variants`): where a
+    policy that names the activation starts from (`start_model`).
     """
 
     checkpoint: str
@@ -66,6 +69,7 @@ class TrialContext:
     pruning_round_to: int | None = 8
     reference_artifact: str = ""
     reference_ms: float = 0.0
+    variants: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,26 @@ def time_artifact(device, path: Path, ctx: TrialContext) -> TrialLatency:
     )
 
 
+def start_model(policy: Policy, ctx: TrialContext, baseline=None, *, weights: bool = True):
+    """The model `policy` is pruned from: the study's baseline, or, for a policy that names an activation, the
+    baseline converted to it (`ctx.variants`).
+
+    baseline: the loaded baseline, when the caller has it. weights: False where only the structure matters
+    (a timing-only build): the activation is then swapped on the baseline's weights, and no converted baseline
+    is needed. UserError where the study has no converted baseline for the policy's activation.
+    """
+    if policy.activation is None or not weights:
+        model = baseline if baseline is not None else load_baseline(ctx.checkpoint)
+        return model if policy.activation is None else with_activation(model, policy.activation)
+    variants = dict(ctx.variants)
+    if policy.activation not in variants:
+        raise UserError(
+            f"policy {policy.policy_id} runs the model with {policy.activation}, which the study does not offer "
+            f"(set `activations: [{policy.activation}]` in its config)."
+        )
+    return load_baseline(variants[policy.activation])
+
+
 def prune(baseline, policy: Policy, ctx: TrialContext):
     """`spaces.pruning.apply_pruning` of the loaded baseline with the study's importance and round_to."""
     return apply_pruning(
@@ -124,12 +148,12 @@ def build_screen(
 ):
     """(pruned model, class names, screen artifact): the untrained artifact whose latency decides feasibility.
 
-    baseline: the loaded checkpoint model, when the caller has it (else it is loaded from `ctx.checkpoint`).
+    baseline: the loaded checkpoint model, when the caller has it (else it is loaded from `ctx.checkpoint`); the
+    policy's activation is applied to it (`start_model`).
     timing_only: an artifact for timing and nothing else (`spaces.precision.build_artifact`); a trial's
     screen is validated too, so it is not.
     """
-    if baseline is None:
-        baseline = load_baseline(ctx.checkpoint)
+    baseline = start_model(policy, ctx, baseline, weights=not timing_only)
     pruned = prune(baseline, policy, ctx)
     screen = build_artifact(
         pruned.model,

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from evaluators.vocabulary import PRECISIONS, Int8Recipe, UserError
+from spaces.activation import check_activation
 from spaces.distillation import DistillationSettings
 from spaces.pruning import MAX_RATIO
 
@@ -29,14 +30,20 @@ class Policy:
     precision: unit -> "int8" | "fp16" | "fp32" (unnamed units: fp32).
     distillation: the recovery fine-tune.
     recipe: the INT8 recipe, or None for the device's own.
+    activation: the activation the convolutions run with instead of their SiLU (`spaces.activation`), or None
+    for the model's own. Only a named activation is part of the policy's dict, so the ids of policies that keep
+    the model's activations do not depend on this field.
     """
 
     pruning: Mapping[str, float] = field(default_factory=dict)
     precision: Mapping[str, str] = field(default_factory=dict)
     distillation: DistillationSettings = field(default_factory=DistillationSettings)
     recipe: Int8Recipe | None = None
+    activation: str | None = None
 
     def __post_init__(self) -> None:
+        if self.activation is not None:
+            check_activation(self.activation)
         for unit, ratio in self.pruning.items():
             if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
                 raise UserError(f"pruning ratio {ratio!r} for unit {unit!r} is not a number.")
@@ -56,6 +63,7 @@ class Policy:
             "precision": dict(self.precision),
             "distillation": self.distillation.to_dict(),
             "recipe": self.recipe.to_dict() if self.recipe else None,
+            **({"activation": self.activation} if self.activation else {}),
         }
 
     @classmethod
@@ -67,10 +75,11 @@ class Policy:
                 precision=dict(data.get("precision") or {}),
                 distillation=DistillationSettings(**(data.get("distillation") or {})),
                 recipe=Int8Recipe.from_dict(recipe) if recipe else None,
+                activation=data.get("activation"),
             )
         except (TypeError, AttributeError) as exc:
             raise UserError(
-                f"a policy must be a mapping of pruning, precision, distillation and recipe ({exc})."
+                f"a policy must be a mapping of pruning, precision, distillation, recipe and activation ({exc})."
             ) from None
 
     @property
@@ -95,8 +104,20 @@ class Policy:
         data.pop("policy_id", None)
         return cls.from_dict(data)
 
-    def validate(self, pruning_units: Iterable[str], precision_units: Iterable[str], offered: Iterable[str]) -> None:
-        """Raise `UserError` if the policy names a unit the model lacks or a precision the device can't run."""
+    def validate(
+        self,
+        pruning_units: Iterable[str],
+        precision_units: Iterable[str],
+        offered: Iterable[str],
+        activations: Iterable[str] = (),
+    ) -> None:
+        """Raise `UserError` if the policy names a unit the model lacks, a precision the device can't run, or an
+        activation the study does not offer (`activations`: those it converted its baseline to)."""
+        if self.activation is not None and self.activation not in set(activations):
+            raise UserError(
+                f"the policy runs the model with {self.activation}, which the study does not offer "
+                f"(set `activations: [{self.activation}]` in its config)."
+            )
         if unknown := sorted(set(self.pruning) - set(pruning_units)):
             raise UserError(f"the policy prunes unit {unknown[0]!r}, which the model does not have.")
         if unknown := sorted(set(self.precision) - set(precision_units)):

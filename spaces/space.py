@@ -23,6 +23,11 @@ A structured space (`segments` given, see `spaces.segments`) asks one ratio
 (`prune.<segment>`) and one precision (`precision.<segment>`) per segment instead of per
 unit; every unit of a segment takes its values, so a policy is uniform inside each segment.
 The policy is still per unit, and the uniform references are in both spaces.
+
+A study that offers activations (`spaces.activation`) adds `model.activation`, asked first:
+the model's own activations or one the study converted its baseline to; each offered
+activation adds a reference, the unpruned model with it at the fastest precision
+(`<activation>-<precision>`, e.g. `relu-int8`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 from optuna.distributions import BaseDistribution
 
 from evaluators.vocabulary import PRECISIONS, UserError
+from spaces.activation import KEEP, activation_params
 from spaces.distillation import DistillationSettings, distillation_params
 from spaces.params import Params
 from spaces.policy import Policy
@@ -60,6 +66,8 @@ class SearchSpace:
         empty: per unit.
     fastest: the device's fastest uniform precision (`Device.fastest_precision`), the precision of
         the pruned reference policies; "" (or one not offered): the first offered of int8, bf16, fp16, fp32.
+    activations: activations a policy may swap the model's SiLUs for (`spaces.activation`); the study has
+        converted its baseline to each. Empty: every policy keeps the model's own.
 
     Raises UserError on construction when fp32 is not offered, or when a declaration
     rejects its range (a ratio range outside [0, MAX_RATIO), an unknown unit, an unknown precision).
@@ -74,6 +82,7 @@ class SearchSpace:
     teachers: tuple[str | None, ...] = (None,)
     segments: tuple[Segment, ...] = ()
     fastest: str = ""
+    activations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.offered:
@@ -95,13 +104,17 @@ class SearchSpace:
                 *ratio_params(self.pruning_units, self.ratio_range, self.ratio_ranges),
                 *precision_params(self.precision_units, self.offered),
             )
-        return Params((*knobs, *distillation_params(self.max_epochs, self.teachers)))
+        return Params(
+            (*activation_params(self.activations), *knobs, *distillation_params(self.max_epochs, self.teachers))
+        )
 
     def dimensions(self) -> dict[str, int]:
-        """How many parameters the space searches, per knob ("prune", "precision", "distill") and in all ("total")."""
+        """How many parameters the space searches, per knob ("prune", "precision", "distill", and "model" where
+        activations are offered) and in all ("total")."""
         counts = {"prune": 0, "precision": 0, "distill": 0}
         for param in self.parameters():
-            counts[param.name.split(".", 1)[0]] += 1
+            knob = param.name.split(".", 1)[0]
+            counts[knob] = counts.get(knob, 0) + 1
         return {**counts, "total": sum(counts.values())}
 
     def sample(self, trial) -> Policy:
@@ -177,11 +190,15 @@ class SearchSpace:
                     precision=uniform_precisions(units, fast),
                     distillation=distill,
                 )
+        for activation in self.activations:  # the converted model as it is, at the fastest precision
+            refs[f"{activation}-{fast}"] = Policy(
+                precision=uniform_precisions(units, fast), distillation=none, activation=activation
+            )
         return refs
 
 
 # A parameter `<knob>.<key>` sets `key` of one part of a Policy: the ratio or precision of
-# unit `key`, or the DistillationSettings field `key`.
+# unit `key`, the DistillationSettings field `key`, or (knob "model") the policy's activation.
 
 
 def _values(params: Params, policy: Policy, held: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
@@ -190,7 +207,12 @@ def _values(params: Params, policy: Policy, held: Mapping[str, tuple[str, ...]])
     held: parameter name -> the policy keys it sets, where that is not its own name (a segment's
     parameter reads its first unit; `replay` checks that the others agree).
     """
-    parts = {"prune": policy.pruning, "precision": policy.precision, "distill": policy.distillation.to_dict()}
+    parts = {
+        "model": {"activation": policy.activation or KEEP},
+        "prune": policy.pruning,
+        "precision": policy.precision,
+        "distill": policy.distillation.to_dict(),
+    }
     values = {}
     for param in params:
         knob, key = held.get(param.name, (param.name,))[0].split(".", 1)
@@ -200,10 +222,14 @@ def _values(params: Params, policy: Policy, held: Mapping[str, tuple[str, ...]])
 
 def _policy(values: Mapping[str, Any]) -> Policy:
     """The policy whose parameters have `values` (one per declared parameter)."""
-    parts: dict[str, dict[str, Any]] = {"prune": {}, "precision": {}, "distill": {}}
+    parts: dict[str, dict[str, Any]] = {"model": {}, "prune": {}, "precision": {}, "distill": {}}
     for name, value in values.items():
         knob, key = name.split(".", 1)
         parts[knob][key] = value
+    activation = parts["model"].get("activation", KEEP)
     return Policy(
-        pruning=parts["prune"], precision=parts["precision"], distillation=DistillationSettings(**parts["distill"])
+        pruning=parts["prune"],
+        precision=parts["precision"],
+        distillation=DistillationSettings(**parts["distill"]),
+        activation=None if activation == KEEP else activation,
     )

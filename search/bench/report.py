@@ -100,7 +100,13 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in result.versions.items()),
         f"- Study config `{cfg.get('name')}`: model `{cfg.get('model')}`, data `{cfg.get('data')}`, imgsz {cfg.get('imgsz')}, "
         f"device `{cfg.get('device')}`, fine-tune {cfg.get('finetune_epochs')} epoch(s) on {cfg.get('train_images') or 'all'} train images, "
-        f"validation on {cfg.get('val_images') or 'all'} val images, calibration {cfg.get('calibration_images')} images, seed {cfg.get('seed')}",
+        f"validation on {cfg.get('val_images') or 'all'} val images, calibration {cfg.get('calibration_images')} images, seed {cfg.get('seed')}"
+        + (
+            f", activations offered: {', '.join(cfg['activations'])} (the baseline converted "
+            f"{cfg.get('activation_epochs')} epochs on the whole train split, once, shared by every contender)"
+            if cfg.get("activations")
+            else ""
+        ),
         f"- Searches: {result.trials} trials each (the enqueued reference policies included), sampler {result.sampler} vs random"
         + (f" and {result.sampler} over the per-unit space" if PER_UNIT in ran else "")
         + f", early stopping {'on' if result.early_stop else 'off'} for all, no time limit; studies "

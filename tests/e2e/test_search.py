@@ -287,3 +287,43 @@ def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
     assert "guided starts:" not in again.stdout
     assert study_record(load_study("guided", storage))["guided_starts"] == record["guided_starts"]
     assert study_record(load_study("guided", storage))["segment_costs"] == record["segment_costs"]
+
+
+@pytest.mark.slow  # a conversion over the whole train split and a search: minutes (tests/search/test_variants.py: seconds)
+def test_a_study_offering_relu_converts_its_baseline_once_and_runs_the_relu_reference(tmp_path):
+    """`activations: [relu]`: the baseline is converted (one epoch here) before the first trial, stored with the
+    study, reused on resume; the study runs the `relu-int8` reference from the converted weights, and its card
+    says so."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
+    config.update(activations=["relu"], activation_epochs=1, trials=SMOKE_TRIALS + 1)  # one more reference
+    path = tmp_path / "relu.yaml"
+    path.write_text(yaml.safe_dump(config))
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    args = ["search", str(path), "--study", "relu", "--storage", storage, "--out", str(tmp_path / "out")]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "converting yolo11n-digits.pt to relu: 1 epochs" in result.stdout
+    study = load_study("relu", storage)
+    record = study_record(study)
+    variant = record["variants"]["relu"]
+    assert Path(variant["checkpoint"]).is_file() and 0 < variant["map50_95"] <= 1
+    assert record["dimensions"]["model"] == 1
+    (relu,) = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("reference") == "relu-int8"]
+    assert relu.state == TrialState.COMPLETE and relu.params["model.activation"] == "relu"
+    assert relu.user_attrs["policy"]["activation"] == "relu" and relu.user_attrs["map50_95"] >= 0
+    assert relu.user_attrs["status"] == "complete"  # ReLU INT8 runs well within 0.7 x L0
+
+    again = run_cli([*args, "--trials", str(SMOKE_TRIALS + 2), "--resume"], tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
+    assert "converting" not in again.stdout  # the conversion is kept
+
+    card_dir = tmp_path / "card"
+    export = run_cli(
+        ["export", "--study", "relu", "--storage", storage, "--trial", str(relu.number), "--out", str(card_dir)],
+        tmp_path,
+    )
+    assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-5000:]
+    card = (card_dir / "card.md").read_text()
+    assert "activation: relu in place of SiLU" in card

@@ -43,6 +43,7 @@ def test_flags_override_the_file_and_none_is_ignored():
         ({"space": "grid"}, "unknown space 'grid'"),
         ({"starts": "random"}, "unknown starts 'random' \\(choose from guided, references\\)"),
         ({"recover_epochs": -1}, "recover_epochs .*at least 0"),
+        ({"activations": ["relu"], "activation_epochs": 0}, "activation_epochs must be at least 1"),
     ],
 )
 def test_invalid_settings_are_one_sentence(settings, message):
@@ -108,6 +109,17 @@ def test_unknown_pruning_importance_fails_before_any_work(tmp_path, capsys, monk
         f"squeezefit {command}: Unknown pruning importance 'random'; choose one of magnitude, lamp, taylor, hessian.\n"
     )
     assert not (tmp_path / "home" / "studies" / "runs").exists()
+
+
+def test_unknown_activation_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    from search.cli import main
+
+    monkeypatch.setenv("SQUEEZEFIT_HOME", str(tmp_path / "home"))
+    study = tmp_path / "s.yaml"
+    study.write_text(f"activations: [gelu]\nstorage: sqlite:///{tmp_path}/s.db\n")
+    assert main(["search", str(study)]) == 2
+    assert capsys.readouterr().err == "squeezefit search: unknown activation 'gelu' (choose from relu).\n"
+    assert not (tmp_path / "home" / "studies").exists()  # nothing converted, nothing stored
 
 
 def test_sensitivity_measured_with_other_pruning_options_is_refused(tmp_path):

@@ -186,6 +186,7 @@ def reproduced(s: SearchSpace, policy: Policy) -> Policy:
 
 SPACES = {
     "default": {},
+    "activations": {"activations": ("relu",)},
     "three-precisions-two-teachers": {
         "offered": ("int8", "fp16", "fp32"),
         "teachers": (None, "other.pt"),
