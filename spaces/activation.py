@@ -5,7 +5,7 @@ latency, and it grows with compression: ONNX Runtime fuses a ReLU into its convo
 and, in INT8, folds it into the quantization range, while a SiLU stays an elementwise pass
 in float (between Q/DQ pairs in INT8); OpenVINO's bf16 and INT8 kernels gain the same way.
 On the embedded default (YOLO11n, 192 px, one thread, AMX Xeon) the unpruned model with
-ReLU ran 0.55 x L0 in ONNX Runtime INT8 where SiLU ran 0.70 x L0, and 0.45 x L0 in
+ReLU ran 0.56 x L0 in ONNX Runtime INT8 where SiLU ran 0.73 x L0, and 0.48 x L0 in
 OpenVINO bf16 where SiLU ran 0.81 x L0 (`benchmarks/results/activation.md`).
 
 The swap changes the function the weights were trained for, so it is a change of starting

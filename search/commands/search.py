@@ -123,7 +123,7 @@ def _search(config, record, args: argparse.Namespace) -> int:
     table = trials_table(study)
     front = pareto_front(table)
     out = args.out or Path("out") / config.name
-    if recovered is not None:  # exported with the front and itself re-timed together with the baseline
+    if recovered is not None:  # the better of the recovery and its source, re-timed together with the baseline
         bundle = export_bundle(study, out / "best", trial=recovered)
     else:  # the search has just re-timed its front with the baseline: the card takes that session
         bundle = (
@@ -143,8 +143,9 @@ def _search(config, record, args: argparse.Namespace) -> int:
 
 
 def _recover_best(study, ctx, epochs: int) -> int | None:
-    """Recover the best trial under the study's budget `epochs` epochs (`search.recover`); the recovered trial's
-    number, or None when no trial fits the budget."""
+    """Recover the best trial under the study's budget `epochs` epochs (`search.recover`); the number of the best
+    trial under the budget after it — the recovered trial, or its source where the recovery scored lower (a model
+    near its ceiling can lose a little in more epochs) — or None when no trial fits the budget."""
     from search.front import best_under, trials_table
     from search.recover import RecoverySettings, recover_trial
 
@@ -159,4 +160,9 @@ def _recover_best(study, ctx, epochs: int) -> int | None:
         f"{attrs['map50_95']:.4f} at p50 {attrs['latency_ms']:.2f} ms ({attrs['recovery']['seconds'] / 60:.1f} min)",
         flush=True,
     )
-    return number
+    after = best_under(trials_table(study), ctx.budget_ms)
+    if int(after["trial"]) != number:
+        print(
+            f"the recovery did not improve it: trial {int(after['trial'])} stays the best under the budget", flush=True
+        )
+    return int(after["trial"])
