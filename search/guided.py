@@ -35,7 +35,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from evaluators.registry import get_device
@@ -218,10 +218,7 @@ class _Session:
             for a in (None, *self.ctx.space.activations)
             if (p, a) != ("fp32", None)
         ]
-        policies = []
-        for precision, activation in corners:
-            self.activation = activation
-            policies.append(self.policy({}, {}, precision))
+        policies = [replace(self.policy({}, {}, p), activation=a) for p, a in corners]
         measured = self.time_policies(policies) if policies else []
         (precision, self.activation), ms = min(
             [(("fp32", None), self.ctx.reference_ms), *zip(corners, measured, strict=True)], key=lambda cm: cm[1]
