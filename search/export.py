@@ -213,7 +213,8 @@ def _recovery_lines(attrs: dict) -> list[str]:
         f"- recovered from trial {attrs['recovered_from']}: mAP50-95 {recovery['map_before']:.4f} -> "
         f"**{attrs['map50_95']:.4f}**, mAP50 {recovery['map50_before']:.4f} -> {attrs['map50']:.4f} (both on the deployed artifact)",
         f"- how: {recovery['epochs']} more epochs of fine-tuning from {recovery['started_from']} on "
-        f"{recovery['train_images_used']} train images, distilled from the baseline, "
+        f"{recovery['train_images_used']} train images, "
+        + ("distilled from the baseline, " if attrs["policy"]["distillation"]["enabled"] else "without distillation, ")
         + ("INT8 simulated in training (QAT), " if recovery.get("qat") else "")
         + "INT8 calibrated again",
         f"- epoch curve, val mAP50-95 (PyTorch): {curve}",
