@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from evaluators.environment import ensure_offline
 
 ensure_offline()  # before anything imports Ultralytics
 
+from benchmark_report import command_line  # noqa: E402
 from ultralytics.nn.tasks import load_checkpoint  # noqa: E402
 
 from evaluators.hardware import cpu_description  # noqa: E402
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# The latency floor of channel pruning",
         "",
-        f"Command: `{shlex.join(['python', 'benchmarks/pruning_floor.py', *(argv if argv is not None else sys.argv[1:])])}`  ",
+        f"Command: `{command_line(__file__, argv)}`  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; machine: {cpu_description()}, {os.cpu_count()} CPUs; "
         f"baseline `{REPO_BASELINE.name}` at {record.imgsz} px, uniform pruning (ratios up to the space's "
         f"largest, {max(RATIOS)}), untuned; each device's artifacts timed in one round-robin session with its FP32 "
