@@ -8,7 +8,10 @@ constraint `latency_budget` = p50 - budget (feasible when <= 0). A crashed trial
 raised, or the node running it died) is told FAIL with user attributes `status` "failed",
 `error` (one line: why) and `trained_on` (the host it ran on): Ray hands the searcher no
 error, so the searcher holds the trial until `failure_callback`, which Ray calls right
-after with the trial, tells it. Ray is imported only when these are built.
+after with the trial, tells it. A study's time limit is kept here too, as Optuna's `timeout` keeps
+it: once it has passed no trial starts, and the trials running finish and are told as usual (Ray
+Tune's own `time_budget_s` would stop them mid-fine-tune, leaving FAIL trials). Ray is imported
+only when these are built.
 """
 
 from __future__ import annotations
@@ -52,16 +55,29 @@ def _fixed_values_out_of_range():
 
 
 def searcher_class():
-    """The OptunaSearch subclass; construct it with OptunaSearch's arguments plus `budget_ms` (p50 budget, ms)."""
+    """The OptunaSearch subclass; construct it with OptunaSearch's arguments plus `budget_ms` (p50 budget, ms)
+    and `time_limit_s` (seconds from its first trial after which it starts no more; None: no limit)."""
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
     class StudySearcher(OptunaSearch):
         """OptunaSearch that records squeezefit's results and tells PRUNED / FAIL correctly."""
 
-        def __init__(self, *args, budget_ms: float, **kwargs):
+        def __init__(self, *args, budget_ms: float, time_limit_s: float | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self._budget_ms = budget_ms
             self._failed: set = set()
+            self._time_limit_s = time_limit_s
+            self._first_started: float | None = None
+            self.timed_out = False  # the time limit stopped the search before its trial count
+
+        def suggest(self, trial_id):
+            now = time.monotonic()
+            self._first_started = self._first_started or now
+            if self._time_limit_s is not None and now - self._first_started >= self._time_limit_s:
+                self.timed_out = True
+                return Searcher.FINISHED
+            return super().suggest(trial_id)
 
         def on_trial_complete(self, trial_id, result=None, error=False):
             ot_trial = self._ot_trials.get(trial_id)

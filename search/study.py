@@ -51,6 +51,8 @@ class StudyConfig:
     scheduler: "fifo" (every trial within the budget fine-tunes its epochs, unless early stopping finds it dominated)
     or "asha" (Ray Tune's ASHA stops the less promising after 1, rf, rf², ... epochs; `search.scheduler`), with
     rf = asha_reduction_factor.
+    time_limit_min: no trial starts once this many minutes have passed since the search's first (the running ones
+    finish, as with Optuna's `timeout`); None: the search runs its `trials`.
     recover_epochs: after the search, recover the best policy under the budget this many epochs on the whole train
     split (`search.recover`) before it is exported; 0: export it as the search left it.
     repair: a sampled policy over the budget is shaved along the guided starts' greedy until it fits, and the

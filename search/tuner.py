@@ -207,6 +207,7 @@ def run_search(
         study_name=name,
         storage=open_storage(storage_url),
         budget_ms=ctx.budget_ms,
+        time_limit_s=config.time_limit_min * 60 if config.time_limit_min else None,
     )
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -237,7 +238,6 @@ def run_search(
                 search_alg=searcher,
                 num_samples=remaining,
                 max_concurrent_trials=config.concurrency,
-                time_budget_s=config.time_limit_min * 60 if config.time_limit_min else None,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
                 reuse_actors=True,
@@ -257,6 +257,12 @@ def run_search(
         if not on_cluster:
             ray.shutdown()  # a cluster connection is the caller's (`search.cluster.connect`)
         searcher.fail_unfinished()  # interrupted (Ctrl-C): never leave a trial RUNNING
+    if searcher.timed_out:
+        print(
+            f"[search] the time limit ({config.time_limit_min:g} min) passed: no trial started after it, the running "
+            "ones finished; --resume runs the rest.",
+            flush=True,
+        )
     if failures.device_lost:
         raise UserError(
             f"the search stopped, its device is gone ({failures.device_lost.rstrip('.')}); the study keeps its "

@@ -75,6 +75,15 @@ def _loses_the_device(config):
     raise DeviceUnavailable("no node of the Ray cluster holds 'device:ort-cpu'; start one.")
 
 
+def _takes_a_while(config):
+    import time
+
+    from ray import tune
+
+    time.sleep(1.5)
+    tune.report(_result("complete", 0.3, 0.8))
+
+
 def _tune(trainable, searcher, storage, samples: int, retries: int = 0, scheduler=None):
     """A real Ray Tune run of `trainable` with `searcher` and its failure callback; the callback."""
     import ray
@@ -102,14 +111,27 @@ def _tune(trainable, searcher, storage, samples: int, retries: int = 0, schedule
     return failures
 
 
-def _searcher():
+def _searcher(time_limit_s=None):
     return searcher_class()(
         functools.partial(define_by_run, SPACE),
         metric=["map50_95", "latency_ms"],
         mode=["max", "min"],
         sampler=optuna.samplers.RandomSampler(seed=0),
         budget_ms=1.0,
+        time_limit_s=time_limit_s,
     )
+
+
+def test_the_time_limit_starts_no_trial_after_it_and_lets_the_running_one_finish(tmp_path):
+    # Each trial takes 1.5 s, the limit is 1 s: the first runs past it and is COMPLETE, none starts after it.
+    searcher = _searcher(time_limit_s=1.0)
+    _tune(_takes_a_while, searcher, tmp_path, samples=4)
+    trials = searcher._ot_study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] and trials[0].values == [0.3, 0.8]
+    assert searcher.timed_out
+    unlimited = _searcher()
+    _tune(_takes_a_while, unlimited, tmp_path / "unlimited", samples=2)
+    assert len(unlimited._ot_study.trials) == 2 and not unlimited.timed_out
 
 
 def test_a_trial_that_raises_is_fail_with_its_reason_through_ray_tune(tmp_path):
