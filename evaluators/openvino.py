@@ -41,7 +41,7 @@ from pathlib import Path
 
 from evaluators.base import Fingerprint
 from evaluators.hardware import cpu_description
-from evaluators.openvino_ir import Execution, compile_error, compile_properties, native_bf16, read_model
+from evaluators.openvino_ir import Execution, compile_error, compile_properties, native_bf16, read_model, reason
 from evaluators.registry import parse_count, register_device
 from evaluators.timing import LocalDevice, wall_clock
 from evaluators.vocabulary import Int8Recipe, UserError
@@ -108,7 +108,7 @@ class OpenVinoCpuDevice(LocalDevice):
         except RuntimeError as exc:
             if execution:
                 raise compile_error(artifact_path, execution, exc) from None
-            raise UserError(f"OpenVINO cannot read {artifact_path}: {str(exc).splitlines()[0][:200]}") from None
+            raise UserError(f"OpenVINO cannot read {artifact_path}: {reason(exc)}") from None
 
     def open_as_exported(self, model_path: Path, inputs: dict) -> tuple[object, str]:
         """(clock, inference precision) of a model file (ONNX or IR .xml) compiled the way a user's own OpenVINO
@@ -124,7 +124,7 @@ class OpenVinoCpuDevice(LocalDevice):
                 core.read_model(str(model_path)), "CPU", {k: str(v) for k, v in properties.items()}
             )
         except RuntimeError as exc:
-            raise UserError(f"OpenVINO cannot compile {model_path}: {str(exc).splitlines()[0][:200]}") from None
+            raise UserError(f"OpenVINO cannot compile {model_path}: {reason(exc)}") from None
         request = compiled.create_infer_request()
         for index, array in enumerate(inputs.values()):  # by position: an exporter may name the inputs its own way
             request.set_input_tensor(index, ov.Tensor(array))

@@ -134,9 +134,16 @@ def native_bf16() -> bool:
 def compile_error(artifact, execution: Execution, exc: Exception) -> UserError:
     """The one sentence for an artifact the CPU plugin refuses to compile at its inference precision."""
     return UserError(
-        f"OpenVINO cannot compile {artifact} at inference precision "
-        f"{execution.inference_precision}: {str(exc).splitlines()[0][:200]}"
+        f"OpenVINO cannot compile {artifact} at inference precision {execution.inference_precision}: {reason(exc)}"
     )
+
+
+def reason(exc: Exception) -> str:
+    """OpenVINO's message in one line (at most 200 characters): its errors open with "Exception from <source
+    file>:<line>:" lines, one per layer the error passed, and say what went wrong after them."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith("Exception from ")]
+    return " ".join(said or lines or [type(exc).__name__])[:200]
 
 
 def compile_properties(execution: Execution, **properties) -> dict:

@@ -160,3 +160,14 @@ def test_int8_with_bf16_compiles_or_says_why(model, tmp_path):
         return
     precisions = compute_precisions(compiled)
     assert precisions["bf16"] and (precisions["u8"] or precisions["i8"])
+
+
+def test_a_file_openvino_cannot_read_is_one_sentence_with_openvinos_reason(tmp_path):
+    # OpenVINO's message opens with "Exception from <file>:<line>:" lines; the sentence carries what follows.
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_text("not a model")
+    with pytest.raises(UserError) as caught:
+        OpenVinoCpuDevice().compile(garbage)
+    message = str(caught.value)
+    assert message.startswith(f"OpenVINO cannot read {garbage}: Unable to read the model")
+    assert "Exception from" not in message and "\n" not in message
