@@ -242,8 +242,9 @@ def run_bench(
             points += recovered
             for point in recovered:
                 walls[point.contender] = round(walls[point.contender] + point.seconds, 1)
+    settings = prepared.fingerprint.get("settings", {})
     threads = {
-        "device": prepared.fingerprint.get("settings", {}).get("intra_op_threads"),
+        "device": settings.get("intra_op_threads", settings.get("inference_num_threads")),  # ONNX Runtime, OpenVINO
         "torch": torch.get_num_threads(),
         "cpus": os.cpu_count(),
     }
