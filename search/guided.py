@@ -205,7 +205,7 @@ class _Session:
         return Policy(
             pruning={u: r for s, r in ratios.items() if r > 0 for u in held[s]},
             precision=uniform_precisions(self.ctx.space.precision_units, precision),
-            distillation=self.ctx.space.pruned_finetune(),
+            distillation=self.ctx.space.pruned_finetune(self.activation),
             activation=self.activation,
         )
 

@@ -43,6 +43,7 @@ from spaces.onnx_export import preprocess_images
 from spaces.policy import Policy
 from spaces.pruning import IterativePruning
 from spaces.qat import QuantizationAware
+from spaces.space import SearchSpace
 
 RECOVERED_ATTR = "recovered_from"
 # A plain recovery whose artifact scores this much mAP50-95 under its best epoch in PyTorch suggests --recover-qat.
@@ -99,7 +100,8 @@ class RecoverySettings:
         """The fine-tune settings, with these epochs: distilled from the source's teacher, unless the source's own
         fine-tune ran without distillation — the search found it better so (a ReLU policy, whose student mimics
         the SiLU baseline's features poorly, lost 0.022 mAP50-95 in a 6-epoch recovery with distillation and
-        gained 0.015 without). A source that was never fine-tuned (epochs 0) is distilled."""
+        gained 0.015 without). A source that was never fine-tuned (epochs 0) is distilled; `recover_policy` hands
+        such a source the fine-tune its space gives a pruned policy instead (`recovered_from`)."""
         default = DistillationSettings()
         return DistillationSettings(
             enabled=source.enabled if source.epochs > 0 else True,
@@ -181,6 +183,15 @@ def recover_trial(study, number: int, ctx: TrialContext, settings: RecoverySetti
     )
 
 
+def recovered_from(policy: Policy, space: SearchSpace) -> DistillationSettings:
+    """The fine-tune a recovery of `policy` continues (`RecoverySettings.distillation`): the policy's own where it
+    fine-tuned; for a policy never fine-tuned (a reference), the one `space` gives a pruned policy of its
+    activation (`SearchSpace.pruned_finetune`: distilled for the model's own, not for a swapped one)."""
+    if policy.distillation.epochs or not space.max_epochs:
+        return policy.distillation
+    return space.pruned_finetune(policy.activation)
+
+
 def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: RecoverySettings) -> TrialResult:
     """The recovery of `policy` from its evaluated result `attrs` (`TrialResult.to_dict()`: weights, macs, params);
     reused from `<outdir>/<policy_id>/<settings.tag()>/result.json` when it was done before."""
@@ -194,7 +205,7 @@ def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: Rec
     baseline = start_model(policy, ctx)  # the baseline, or its conversion to the policy's activation
     data_yaml = subset_data_yaml(Path(ctx.data_yaml), "train", settings.train_images, out)
     data_yaml = subset_data_yaml(data_yaml, "val", ctx.val_images, out)
-    distillation = settings.distillation(policy.distillation)
+    distillation = settings.distillation(recovered_from(policy, ctx.space))
     quantization = _quantization(policy, ctx, recipe) if settings.qat else None
     print(
         f"  recovering {policy.policy_id}: {distillation.epochs} epochs on {train_count(ctx, settings)} train images, "

@@ -39,7 +39,7 @@ from typing import Any
 from optuna.distributions import BaseDistribution
 
 from evaluators.vocabulary import PRECISIONS, UserError
-from spaces.activation import KEEP, activation_params
+from spaces.activation import KEEP, SWAPPED_FINETUNE_LR0, activation_params
 from spaces.distillation import DistillationSettings, distillation_params
 from spaces.params import Params
 from spaces.policy import Policy
@@ -167,11 +167,14 @@ class SearchSpace:
             return self.fastest
         return next(p for p in _SPEED_ORDER if p in self.offered)
 
-    def pruned_finetune(self) -> DistillationSettings:
-        """The fine-tune a pruned reference (or guided start) gets: distillation for `max_epochs`, or none at 0."""
-        if self.max_epochs:
-            return DistillationSettings(epochs=self.max_epochs)
-        return DistillationSettings(enabled=False, epochs=0)
+    def pruned_finetune(self, activation: str | None = None) -> DistillationSettings:
+        """The fine-tune a pruned reference (or guided start) gets: distillation for `max_epochs`, or none at 0; with a
+        swapped `activation`, `max_epochs` without distillation at `SWAPPED_FINETUNE_LR0`."""
+        if not self.max_epochs:
+            return DistillationSettings(enabled=False, epochs=0)
+        if activation is not None:
+            return DistillationSettings(enabled=False, epochs=self.max_epochs, lr0=SWAPPED_FINETUNE_LR0)
+        return DistillationSettings(epochs=self.max_epochs)
 
     def reference_policies(self) -> dict[str, Policy]:
         """Named uniform policies: what a user would try by hand."""
