@@ -212,7 +212,7 @@ def recover_policy(policy: Policy, attrs: dict, ctx: TrialContext, settings: Rec
         + (
             f"distilled from the baseline (dis {distillation.weight:g}, lr0 {distillation.lr0:g})"
             if distillation.enabled
-            else f"without distillation, as its trial (lr0 {distillation.lr0:g})"
+            else f"without distillation (lr0 {distillation.lr0:g})"
         )
         + (f", pruned from the baseline in {settings.prune_steps} steps" if settings.prune_steps > 1 else "")
         + (", INT8 simulated in training" if quantization else ""),
