@@ -116,7 +116,8 @@ def render_report(result: BenchResult, *, plot_name: str = "") -> str:
             [
                 f"- Recovery: the best uniform and the best searched policy under each budget of the table below were "
                 f"fine-tuned {cfg['recover_epochs']} more epochs on the whole train split, distilled from the baseline "
-                "unless the policy's own fine-tune ran without distillation (`squeezefit recover`), and are shown as `<policy> recovered`; hypervolumes leave recovered points out"
+                "unless the policy's own fine-tune ran without distillation (a reference never fine-tuned: as a guided start "
+                "of its activation fine-tunes) (`squeezefit recover`), and are shown as `<policy> recovered`; hypervolumes leave recovered points out"
             ]
             if cfg.get("recover_epochs")
             else []
