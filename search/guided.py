@@ -35,7 +35,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from evaluators.registry import get_device
@@ -202,11 +202,15 @@ class _Session:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def policy(self, held: Mapping[str, tuple[str, ...]], ratios: Mapping[str, float], precision: str) -> Policy:
+        """A start of this session: `ratios` per segment of `held`, `precision` everywhere, the session's activation."""
+        return self._policy(held, ratios, precision, self.activation)
+
+    def _policy(self, held, ratios, precision: str, activation: str | None) -> Policy:
         return Policy(
             pruning={u: r for s, r in ratios.items() if r > 0 for u in held[s]},
             precision=uniform_precisions(self.ctx.space.precision_units, precision),
-            distillation=self.ctx.space.pruned_finetune(self.activation),
-            activation=self.activation,
+            distillation=self.ctx.space.pruned_finetune(activation),
+            activation=activation,
         )
 
     def fastest_precision(self) -> tuple[str, float]:
@@ -218,7 +222,7 @@ class _Session:
             for a in (None, *self.ctx.space.activations)
             if (p, a) != ("fp32", None)
         ]
-        policies = [replace(self.policy({}, {}, p), activation=a) for p, a in corners]
+        policies = [self._policy({}, {}, p, a) for p, a in corners]
         measured = self.time_policies(policies) if policies else []
         (precision, self.activation), ms = min(
             [(("fp32", None), self.ctx.reference_ms), *zip(corners, measured, strict=True)], key=lambda cm: cm[1]
