@@ -50,7 +50,7 @@ from spaces.sensitivity import Sensitivity, sensitivity_path
 
 GRID = REFERENCE_RATIOS
 """Ratios each segment is measured at, the greedy's steps."""
-TARGET_FRACTIONS = (0.7, 0.5, 0.33)
+TARGET_FRACTIONS = (0.7, 0.5, 0.33, 0.25)
 """Targets besides the budget, as fractions of L0 (only those below the budget)."""
 BUDGET_MARGIN = 0.97
 """Each start aims this far under its limit (the budget, a fraction of L0), so that its trial's own timing, a

@@ -13,7 +13,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from evaluators.artifact import structure_hash
 from evaluators.vocabulary import Int8Recipe, UserError
-from spaces.onnx_export import export_onnx, metadata, module_path, precision_units, preprocess_images
+from spaces.onnx_export import dfl_last_axis, export_onnx, metadata, module_path, precision_units, preprocess_images
 from spaces.params import Categorical
 from spaces.precision import build_artifact, precision_params, uniform_precisions
 from spaces.quantizers import QUANTIZERS, get_quantizer
@@ -23,7 +23,7 @@ IMGSZ = 64
 NAMES = {i: f"class{i}" for i in range(10)}
 UNITS = [f"model.{i}" for i in range(24)]
 HEAD_FINALS = [f"/model.23/{b}.{i}/{b}.{i}.2/Conv" for b in ("cv2", "cv3") for i in range(3)]
-DFL = "/model.23/dfl/conv/Conv"
+DFL = "/model.23/dfl/MatMul"  # the DFL's integral, exported as a MatMul (`dfl_last_axis`)
 MIXED = {"model.0": "int8", "model.2": "int8", "model.6": "int8", "model.8": "fp16", "model.13": "fp16"}
 
 
@@ -104,6 +104,21 @@ def test_fp32_outputs_match_pytorch(model, fp32, images):
     assert diff.max_rel <= 1e-4
 
 
+def test_dfl_exports_its_softmax_on_the_last_axis_and_equals_ultralytics(model, fp32):
+    dfl = model.model[-1].dfl
+    x = torch.randn(2, 4 * dfl.c1, 84) * 4
+    torch.testing.assert_close(dfl_last_axis(dfl, x), dfl(x), rtol=1e-5, atol=1e-5)
+    graph = onnx.load(str(fp32)).graph
+    (softmax,) = [n for n in graph.node if n.name.startswith("/model.23/dfl/") and n.op_type == "Softmax"]
+    assert [a.i for a in softmax.attribute if a.name == "axis"] == [-1]
+    assert not any(n.name.startswith("/model.23/dfl/") and n.op_type == "Conv" for n in graph.node)
+    image = torch.rand(1, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        ultralytics = copy.deepcopy(model).eval()(image)[0]  # Ultralytics' own forward, DFL included
+    got = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"images": image.numpy()})[0]
+    np.testing.assert_allclose(got, ultralytics.numpy(), rtol=1e-4, atol=1e-3)
+
+
 def test_mixed_map_puts_each_unit_at_its_precision(mixed):
     kinds = weight_kinds(mixed.path)
     for conv, kind in kinds.items():
@@ -129,9 +144,13 @@ def test_yolo_predicts_with_mixed_artifact(mixed, images):
 
 def test_head_final_convs_and_dfl_stay_float_unless_asked(model, images, all_int8, tmp_path):
     kinds = weight_kinds(all_int8.path)
-    assert all(kinds[c] == "fp32" for c in [*HEAD_FINALS, DFL])
+    assert all(kinds[c] == "fp32" for c in HEAD_FINALS)
     assert kinds["/model.23/cv3.0/cv3.0.0/cv3.0.0.0/conv/Conv"] == "int8"  # earlier head convs quantize
-    assert sum(k == "fp32" for k in kinds.values()) == len(HEAD_FINALS) + 1
+    assert sum(k == "fp32" for k in kinds.values()) == len(HEAD_FINALS)
+    graph = onnx.load(str(all_int8.path)).graph
+    producer = {y: n.op_type for n in graph.node for y in n.output}
+    (dfl,) = [n for n in graph.node if n.name == DFL]
+    assert [producer.get(x, "initializer") for x in dfl.input] == ["Softmax", "initializer"]  # float in, float bins
     whole = build_artifact(
         model,
         {},
