@@ -16,7 +16,8 @@ is created:
    untuned per-unit mAP drops, `spaces.greedy.segment_losses`). Without it, no guided
    starts (said in one line).
 4. The greedy's path (`spaces.greedy.greedy_path`: its policies in order, one ratio step
-   at a time) is searched per target by timing: a bisection for the least-pruned policy
+   at a time), cut where the estimated loss reaches the model's mAP (`spaces.greedy.viable_prefix`:
+   no fine-tune here brings such a policy back, so a target beyond gets no start), is searched per target by timing: a bisection for the least-pruned policy
    of the path that fits, starting where the additive estimate says, up to `VERIFY_ROUNDS`
    rounds (all targets' candidates share each round's session). Summed per-segment
    savings over-promise (neighbouring segments share a convolution) and each is measured
@@ -41,7 +42,7 @@ from pathlib import Path
 from evaluators.registry import get_device
 from search.checkpoint import load_baseline
 from search.trial import TrialContext, timing_screen
-from spaces.greedy import SegmentCosts, first_fit, greedy_path, segment_losses
+from spaces.greedy import SegmentCosts, first_fit, greedy_path, segment_losses, viable_prefix
 from spaces.policy import Policy
 from spaces.precision import uniform_precisions
 from spaces.pruning import REFERENCE_RATIOS
@@ -50,8 +51,9 @@ from spaces.sensitivity import Sensitivity, sensitivity_path
 
 GRID = REFERENCE_RATIOS
 """Ratios each segment is measured at, the greedy's steps."""
-TARGET_FRACTIONS = (0.7, 0.5, 0.33, 0.25)
-"""Targets besides the budget, as fractions of L0 (only those below the budget)."""
+TARGET_FRACTIONS = (0.7, 0.5, 0.4, 0.33, 0.25)
+"""Targets besides the budget, as fractions of L0 (only those below the budget): the bench's budgets, and 0.4 so
+that a front under a 0.5 x L0 budget is not only points near it."""
 BUDGET_MARGIN = 0.97
 """Each start aims this far under its limit (the budget, a fraction of L0), so that its trial's own timing, a
 few per cent off the guided session's, keeps it within: a 0.5 x L0 start timed 3.00 ms for 3.03 and 3.07 in its
@@ -114,7 +116,13 @@ def guided_starts(
         + ", ".join(f"{s} {'/'.join(f'{table[r]:.2f}' for r in GRID)}" for s, table in savings.items())
     )
     losses = segment_losses(sensitivity.base_map, sensitivity.pruning, held, GRID)
-    path = greedy_path(savings, losses)
+    whole = greedy_path(savings, losses)
+    path = viable_prefix(whole, losses, sensitivity.base_map)
+    if len(path) < len(whole):
+        log(
+            f"  the greedy's path stops at step {len(path)} of {len(whole)}: beyond it the sensitivity's drops add up "
+            f"to the model's whole mAP50-95 ({sensitivity.base_map:.3f}), which no fine-tune here recovers"
+        )
     found, missed_by = _fit_targets(session, targets, path, savings, base_ms, held, precision, log=log)
     starts: dict[str, GuidedStart] = {}
     for target, (ratios, measured) in found.items():
@@ -158,6 +166,8 @@ def _fit_targets(session, targets, path, savings, base_ms, held, precision, *, l
     the nearest known to fit (the path's end while none is). All targets' points of a
     round share one session; `VERIFY_ROUNDS` rounds at most.
     """
+    if not path:
+        return {}, {}
     bounds = {t: [-1, None] for t in targets}  # target -> [furthest index that missed, nearest that fit]
     probe = {t: first_fit(path, savings, base_ms, t) for t in targets}
     found: dict[float, tuple[dict, float]] = {}

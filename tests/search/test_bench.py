@@ -175,6 +175,10 @@ def test_targets_pass_and_fail_as_measured():
     # A front point at 95% of M0 that is slower than a peer there fails the speed target only.
     slower = _result([P(SEARCH, "trial 7", 0.49, 3.0)], [], [], [P(PEER, "ultralytics openvino", 0.48, 2.5)])
     assert [t.passed for t in check_targets(slower)][6:8] == [True, False]
+    # Where no uniform policy fits, a searched point still has to keep the margin: 0.0 beats nothing by nothing.
+    alone = check_targets(_result([P(SEARCH, "guided-0.33x", 0.0, 1.0), P(SEARCH, "trial 9", 0.2, 3.0)], [], []))
+    assert [t.passed for t in alone][3:6] == [True, True, False]
+    assert alone[5].detail == "search 0.0000 vs uniform none fits"
     nothing = check_targets(_result([], [], []))
     assert not any(t.passed for t in nothing)  # nothing fits, no peer: fail, not a crash
     assert nothing[6].detail == "no peer was measured"

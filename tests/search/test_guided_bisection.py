@@ -31,3 +31,9 @@ def test_the_least_pruned_step_that_times_within_each_target_is_found_though_the
     assert len(session.sessions) <= VERIFY_ROUNDS
     assert all(len(set(s)) == len(s) for s in session.sessions)  # a step two targets share is timed once a round
     assert lines and all("timed" in line for line in lines)
+
+
+def test_an_empty_path_times_nothing_and_fits_nothing():
+    session = _TableSession()
+    assert _fit_targets(session, [8.0], [], SAVINGS, 10.0, {}, "int8", log=print) == ({}, {})
+    assert session.sessions == []

@@ -2,7 +2,15 @@
 
 import pytest
 
-from spaces.greedy import SegmentCosts, estimated_ms, first_fit, greedy_path, segment_losses
+from spaces.greedy import (
+    SegmentCosts,
+    estimated_loss,
+    estimated_ms,
+    first_fit,
+    greedy_path,
+    segment_losses,
+    viable_prefix,
+)
 
 # ms saved with only that segment pruned at that ratio (the base is 10 ms)
 SAVINGS = {
@@ -37,6 +45,14 @@ def test_the_first_point_to_time_is_where_the_estimate_first_fits():
     assert path[first_fit(path, SAVINGS, 10.0, 9.0)] == {"stem": 0.0, "neck": 0.5, "head": 0.0}
     assert path[first_fit(path, SAVINGS, 10.0, 7.5)] == {"stem": 0.25, "neck": 0.75, "head": 0.0}
     assert first_fit(path, SAVINGS, 10.0, 5.0) == len(path) - 1  # beyond the estimate: the path's end
+
+
+def test_the_path_is_cut_where_the_estimated_loss_reaches_the_models_map():
+    path = greedy_path(SAVINGS, LOSSES)
+    assert estimated_loss(LOSSES, path[3]) == pytest.approx(0.11)  # stem 0.25 + neck 0.75
+    assert viable_prefix(path, LOSSES, base_map=0.2) == path[:4]  # stem 0.5 would lose 0.21 of 0.2
+    assert viable_prefix(path, LOSSES, base_map=1.0) == path
+    assert viable_prefix(path, LOSSES, base_map=0.0) == []
 
 
 def test_a_noisy_saving_at_one_ratio_does_not_block_the_larger_ones():
