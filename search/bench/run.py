@@ -44,8 +44,14 @@ def uniform_policies(space) -> dict:
 
 @contextlib.contextmanager
 def _fresh_latency_cache(path: Path):
-    """Time every artifact in this run: a new latency cache file, inherited by Ray's workers."""
+    """Time every artifact in this run: a new latency cache file, inherited by Ray's workers.
+
+    The path is made absolute: Ray Tune runs each trial in a working directory of its own, where a relative
+    path named a fresh file per trial, so no trial shared a structure's latency with another trial or with a
+    recovery (a recovered point was re-timed, 7-9% off its trial's ratio on OpenVINO).
+    """
     previous = os.environ.get("SQUEEZEFIT_LATENCY_CACHE")
+    path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     os.environ["SQUEEZEFIT_LATENCY_CACHE"] = str(path)
     try:

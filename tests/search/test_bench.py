@@ -2,7 +2,9 @@
 points (the toy-size run end to end is in tests/e2e/test_bench.py)."""
 
 import json
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -27,7 +29,7 @@ from search.bench.points import (
     speedup,
 )
 from search.bench.report import render_report, summary_rows, write_outputs
-from search.bench.run import uniform_policies
+from search.bench.run import _fresh_latency_cache, uniform_policies
 from search.cli import main
 
 
@@ -254,3 +256,11 @@ def test_random_sampler_config_is_a_user_error(tmp_path, capsys):
     config.write_text("name: r\nsampler: random\n")
     assert main(["bench", str(config), "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(tmp_path / "out")]) == 2
     assert "random search" in capsys.readouterr().err
+
+
+def test_the_runs_latency_cache_is_named_by_an_absolute_path(tmp_path, monkeypatch):
+    # Ray Tune runs each trial in a working directory of its own: a relative path would be a new cache per trial
+    monkeypatch.chdir(tmp_path)
+    with _fresh_latency_cache(Path("out") / "latency-cache.sqlite"):
+        named = Path(os.environ["SQUEEZEFIT_LATENCY_CACHE"])
+    assert named.is_absolute() and named == tmp_path / "out" / "latency-cache.sqlite"
