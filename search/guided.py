@@ -17,9 +17,10 @@ is created:
    starts (said in one line).
 4. The greedy's path (`spaces.greedy.greedy_path`: its policies in order, one ratio step
    at a time), cut where the estimated loss reaches the model's mAP (`spaces.greedy.viable_prefix`:
-   no fine-tune here brings such a policy back, so a target beyond gets no start), is searched per target by timing: a bisection for the least-pruned policy
-   of the path that fits, starting where the additive estimate says, up to `VERIFY_ROUNDS`
-   rounds (all targets' candidates share each round's session). Summed per-segment
+   no fine-tune here brings such a policy back, so a target beyond gets no start), is
+   searched per target by timing: a bisection for the least-pruned policy of the path that
+   fits, starting where the additive estimate says, up to `VERIFY_ROUNDS` rounds (all
+   targets' candidates share each round's session). Summed per-segment
    savings over-promise (neighbouring segments share a convolution) and each is measured
    with noise; the path only needs their order to be roughly right.
 
@@ -52,8 +53,8 @@ from spaces.sensitivity import Sensitivity, sensitivity_path
 GRID = REFERENCE_RATIOS
 """Ratios each segment is measured at, the greedy's steps."""
 TARGET_FRACTIONS = (0.7, 0.5, 0.4, 0.33, 0.25)
-"""Targets besides the budget, as fractions of L0 (only those below the budget): the bench's budgets, and 0.4 so
-that a front under a 0.5 x L0 budget is not only points near it."""
+"""Targets besides the budget, as fractions of L0 (only those below the budget): 0.7, the bench's budgets (0.5, 0.33,
+0.25), and 0.4, so that a front under a 0.5 x L0 budget is not only points near it."""
 BUDGET_MARGIN = 0.97
 """Each start aims this far under its limit (the budget, a fraction of L0), so that its trial's own timing, a
 few per cent off the guided session's, keeps it within: a 0.5 x L0 start timed 3.00 ms for 3.03 and 3.07 in its

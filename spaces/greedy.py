@@ -152,12 +152,7 @@ def viable_prefix(path: Sequence[Mapping[str, float]], losses, base_map: float) 
     0.36-0.37 after a 3-epoch fine-tune, one at 0.56 kept 0.04, one at 1.39 kept 0.000 (at
     lr0 2e-4, 1e-3 and 3e-3, with distillation or without).
     """
-    kept: list[Mapping[str, float]] = []
-    for ratios in path:
-        if estimated_loss(losses, ratios) >= base_map:
-            break
-        kept.append(ratios)
-    return kept
+    return list(itertools.takewhile(lambda ratios: estimated_loss(losses, ratios) < base_map, path))
 
 
 def first_fit(path: Sequence[Mapping[str, float]], savings, base_ms: float, target_ms: float) -> int:

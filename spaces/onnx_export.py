@@ -27,8 +27,7 @@ import onnx
 import torch
 from ultralytics import __version__ as ultralytics_version
 from ultralytics.engine.model import Model as YOLOWrapper
-from ultralytics.nn.modules import C2f, Detect
-from ultralytics.nn.modules.block import DFL
+from ultralytics.nn.modules import DFL, C2f, Detect
 from ultralytics.nn.tasks import BaseModel
 
 from evaluators.vocabulary import UserError
