@@ -9,6 +9,9 @@ is created:
    offers, with each activation the study offers (`spaces.activation`) and its own, timed
    side by side with the study's reference (its FP32 artifact); the fastest becomes every
    unit's precision (no precision islands: the greedy prunes only) and every start's activation.
+   Then the block reading the image (`spaces.segments.precision_segments`, "input") at each
+   other precision, timed side by side with the uniform model: a precision faster by
+   `INPUT_GAIN` becomes that block's (on ONNX Runtime, CPU: FP32 for the 3-channel stem conv).
 2. Per-segment savings: for every segment (`spaces.segments.graph_segments`) and ratio of
    `GRID`, the model at that precision with only that segment pruned, timed in one
    round-robin session per segment with the unpruned one — savings in ms on the study's scale.
@@ -47,7 +50,7 @@ from spaces.greedy import SegmentCosts, first_fit, greedy_path, segment_losses, 
 from spaces.policy import Policy
 from spaces.precision import uniform_precisions
 from spaces.pruning import REFERENCE_RATIOS
-from spaces.segments import graph_segments, members
+from spaces.segments import INPUT_SEGMENT, graph_segments, members, precision_segments
 from spaces.sensitivity import Sensitivity, sensitivity_path
 
 GRID = REFERENCE_RATIOS
@@ -63,6 +66,9 @@ VERIFY_ROUNDS = 6
 """Timed rounds of the bisection along the greedy's path (a path of 27 steps needs about 5 after the first)."""
 CLOSE = 0.03
 """Targets closer than this (fraction of L0) to one kept are dropped."""
+INPUT_GAIN = 0.02
+"""The input block takes another precision than the rest only if the unpruned model runs this much faster with it
+(a fraction of its time): a ratio of medians timed side by side scatters by about 1%."""
 
 
 @dataclass(frozen=True)
@@ -98,20 +104,19 @@ def guided_starts(
         return {}, None
     started = time.perf_counter()
     sensitivity = Sensitivity.load(path, model)
-    session = _Session(ctx, model)
-    precision, base_ms = session.fastest_precision()
-    fastest = f"all-{precision}" + (f" with {session.activation}" if session.activation else "")
+    segments = ctx.space.segments or graph_segments(model, ctx.imgsz)
+    session = _Session(ctx, model, segments)
+    fastest, base_ms = session.fastest_precisions()
     targets = _targets(ctx, base_ms)
     if not targets:
         log(f"guided starts: none, {fastest} ({base_ms:.2f} ms) already fits the budget.")
         return {}, None
-    segments = ctx.space.segments or graph_segments(model, ctx.imgsz)
     held = members(segments, [u.name for u in ctx.space.pruning_units])
     log(
         f"guided starts: {fastest} {base_ms:.2f} ms is the fastest; timing {len(held)} segments "
         f"pruned at {', '.join(f'{r:g}' for r in GRID)} for targets {', '.join(f'{t:.2f}' for t in targets)} ms"
     )
-    savings, base_ms = session.segment_savings(held, precision)
+    savings, base_ms = session.segment_savings(held)
     log(
         f"  unpruned {base_ms:.2f} ms; saved (ms) at {'/'.join(f'{r:g}' for r in GRID)}: "
         + ", ".join(f"{s} {'/'.join(f'{table[r]:.2f}' for r in GRID)}" for s, table in savings.items())
@@ -124,10 +129,10 @@ def guided_starts(
             f"  the greedy's path stops at step {len(path)} of {len(whole)}: beyond it the sensitivity's drops add up "
             f"to the model's whole mAP50-95 ({sensitivity.base_map:.3f}), which no fine-tune here recovers"
         )
-    found, missed_by = _fit_targets(session, targets, path, savings, base_ms, held, precision, log=log)
+    found, missed_by = _fit_targets(session, targets, path, savings, base_ms, held, log=log)
     starts: dict[str, GuidedStart] = {}
     for target, (ratios, measured) in found.items():
-        policy = session.policy(held, ratios, precision)
+        policy = session.policy(held, ratios)
         if any(policy == s.policy for s in starts.values()):
             continue
         name = f"guided-{target / BUDGET_MARGIN / ctx.reference_ms:.2f}x"  # the limit it was made for, x L0
@@ -158,7 +163,7 @@ def _targets(ctx: TrialContext, base_ms: float) -> list[float]:
     return kept
 
 
-def _fit_targets(session, targets, path, savings, base_ms, held, precision, *, log=print):
+def _fit_targets(session, targets, path, savings, base_ms, held, *, log=print):
     """(target -> (segment ratios, measured ms) of the least-pruned policy of `path` found to fit it,
     target -> the last measured ms of a policy that missed it). Logs each round's candidates.
 
@@ -177,11 +182,7 @@ def _fit_targets(session, targets, path, savings, base_ms, held, precision, *, l
         if not probe:
             break
         indices = sorted(set(probe.values()))
-        timed = dict(
-            zip(
-                indices, session.time_policies([session.policy(held, path[i], precision) for i in indices]), strict=True
-            )
-        )
+        timed = dict(zip(indices, session.time_policies([session.policy(held, path[i]) for i in indices]), strict=True))
         for target, index in probe.items():
             ms = timed[index]
             shaved = ", ".join(f"{s} {r:g}" for s, r in path[index].items() if r > 0)
@@ -205,42 +206,64 @@ def _fit_targets(session, targets, path, savings, base_ms, held, precision, *, l
 class _Session:
     """Builds timing-only artifacts under `<outdir>/guided/` and times them against the study's reference."""
 
-    def __init__(self, ctx: TrialContext, model) -> None:
+    def __init__(self, ctx: TrialContext, model, segments) -> None:
         self.ctx, self.model = ctx, model
-        self.activation: str | None = None  # of every policy made here; `fastest_precision` chooses it
+        # of every policy made here; `fastest_precisions` chooses them
+        self.activation: str | None = None
+        self.precisions: dict[str, str] = uniform_precisions(ctx.space.precision_units, "fp32")
+        held = members(precision_segments(segments), ctx.space.precision_units)
+        self.input_units = held.get(INPUT_SEGMENT, ())
         self.device = get_device(ctx.device)
         self.folder = Path(ctx.outdir) / "guided"
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def policy(self, held: Mapping[str, tuple[str, ...]], ratios: Mapping[str, float], precision: str) -> Policy:
-        """A start of this session: `ratios` per segment of `held`, `precision` everywhere, the session's activation."""
-        return self._policy(held, ratios, precision, self.activation)
+    def policy(self, held: Mapping[str, tuple[str, ...]], ratios: Mapping[str, float]) -> Policy:
+        """A start of this session: `ratios` per segment of `held`, the session's precisions and activation."""
+        return self._policy(held, ratios, self.precisions, self.activation)
 
-    def _policy(self, held, ratios, precision: str, activation: str | None) -> Policy:
+    def _policy(self, held, ratios, precisions: Mapping[str, str], activation: str | None) -> Policy:
         return Policy(
             pruning={u: r for s, r in ratios.items() if r > 0 for u in held[s]},
-            precision=uniform_precisions(self.ctx.space.precision_units, precision),
+            precision=precisions,
             distillation=self.ctx.space.pruned_finetune(activation),
             activation=activation,
         )
 
-    def fastest_precision(self) -> tuple[str, float]:
-        """(precision, ms): the unpruned model's fastest uniform precision among those offered (fp32 = L0), each
-        with the model's own activation and each the study offers; the fastest's activation becomes the session's."""
+    def fastest_precisions(self) -> tuple[str, float]:
+        """(what was chosen, in words; the unpruned model's ms with it): the session's precisions and activation.
+
+        First the fastest uniform precision among those offered (fp32 = L0), each with the model's own
+        activation and each the study offers; then the input block at each other offered precision
+        (`INPUT_GAIN`)."""
+        units = self.ctx.space.precision_units
         corners = [
             (p, a)
             for p in self.ctx.space.offered
             for a in (None, *self.ctx.space.activations)
             if (p, a) != ("fp32", None)
         ]
-        policies = [self._policy({}, {}, p, a) for p, a in corners]
+        policies = [self._policy({}, {}, uniform_precisions(units, p), a) for p, a in corners]
         measured = self.time_policies(policies) if policies else []
         (precision, self.activation), ms = min(
             [(("fp32", None), self.ctx.reference_ms), *zip(corners, measured, strict=True)], key=lambda cm: cm[1]
         )
-        return precision, ms
+        self.precisions = uniform_precisions(units, precision)
+        chosen = f"all-{precision}"
+        others = [p for p in self.ctx.space.offered if p != precision] if self.input_units else []
+        if others:
+            variants = [{**self.precisions, **dict.fromkeys(self.input_units, p)} for p in others]
+            uniform_ms, *input_ms = self.time_policies(
+                [self._policy({}, {}, v, self.activation) for v in [self.precisions, *variants]]
+            )
+            best = min(range(len(others)), key=lambda i: input_ms[i])
+            if input_ms[best] < uniform_ms * (1 - INPUT_GAIN):
+                self.precisions, ms = variants[best], input_ms[best]
+                chosen = f"{precision} with the input block in {others[best]}"
+            else:
+                ms = uniform_ms
+        return chosen + (f" with {self.activation}" if self.activation else ""), ms
 
-    def segment_savings(self, held, precision: str) -> tuple[dict[str, dict[float, float]], float]:
+    def segment_savings(self, held) -> tuple[dict[str, dict[float, float]], float]:
         """(segment -> {ratio: ms saved}, the unpruned model's ms): one session per segment, its variants timed
         with the unpruned model, each saving from within its session; the unpruned ms is the sessions' median.
 
@@ -249,9 +272,9 @@ class _Session:
         """
         savings: dict[str, dict[float, float]] = {}
         bases = []
-        unpruned = self.policy({}, {}, precision)
+        unpruned = self.policy({}, {})
         for segment in held:
-            base, *pruned = self.time_policies([unpruned] + [self.policy(held, {segment: r}, precision) for r in GRID])
+            base, *pruned = self.time_policies([unpruned] + [self.policy(held, {segment: r}) for r in GRID])
             savings[segment] = {r: base - ms for r, ms in zip(GRID, pruned, strict=True)}
             bases.append(base)
         return savings, statistics.median(bases)

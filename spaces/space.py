@@ -20,7 +20,8 @@ hand): the model at FP32 and at each offered precision everywhere, and uniform p
 REFERENCE_RATIOS with the fastest offered precision.
 
 A structured space (`segments` given, see `spaces.segments`) asks one ratio
-(`prune.<segment>`) and one precision (`precision.<segment>`) per segment instead of per
+(`prune.<segment>`) and one precision (`precision.<segment>`, over the segments'
+`precision_segments`: the block reading the image on its own) per segment instead of per
 unit; every unit of a segment takes its values, so a policy is uniform inside each segment.
 The policy is still per unit, and the uniform references are in both spaces.
 
@@ -45,7 +46,7 @@ from spaces.params import Params
 from spaces.policy import Policy
 from spaces.precision import precision_params, uniform_precisions
 from spaces.pruning import RATIO_RANGE, REFERENCE_RATIOS, PruningUnit, ratio_params, uniform_ratios
-from spaces.segments import Segment, members, segment_precision_params, segment_ratio_params
+from spaces.segments import Segment, members, precision_segments, segment_precision_params, segment_ratio_params
 
 # Fastest first (PRECISIONS' order: int8, bf16, fp16, fp32): a reference point uses the first
 # precision the device offers, unless the space names the device's own (`fastest`).
@@ -62,8 +63,8 @@ class SearchSpace:
     ratio_range: (low, high, step) of every unit's pruning ratio; `ratio_ranges` narrows named units.
     max_epochs: the largest fine-tune a trial may ask for (>= 0; 0 = no fine-tune).
     teachers: distillation teachers to choose among (None = the study's baseline).
-    segments: search one ratio and one precision per segment (`spaces.segments.graph_segments`);
-        empty: per unit.
+    segments: search one ratio per segment (`spaces.segments.graph_segments`) and one precision per segment of
+        their `precision_segments`; empty: per unit.
     fastest: the device's fastest uniform precision (`Device.fastest_precision`), the precision of
         the pruned reference policies; "" (or one not offered): the first offered of int8, bf16, fp16, fp32.
     activations: activations a policy may swap the model's SiLUs for (`spaces.activation`); the study has
@@ -97,7 +98,7 @@ class SearchSpace:
             units = [u.name for u in self.pruning_units]
             knobs = (
                 *segment_ratio_params(self.segments, units, self.ratio_range, self.ratio_ranges),
-                *segment_precision_params(self.segments, self.precision_units, self.offered),
+                *segment_precision_params(precision_segments(self.segments), self.precision_units, self.offered),
             )
         else:
             knobs = (
@@ -147,8 +148,12 @@ class SearchSpace:
         if not self.segments:
             return {}
         held = {}
-        for knob, units in (("prune", [u.name for u in self.pruning_units]), ("precision", self.precision_units)):
-            for name, unit_names in members(self.segments, units).items():
+        by_knob = (
+            ("prune", self.segments, [u.name for u in self.pruning_units]),
+            ("precision", precision_segments(self.segments), self.precision_units),
+        )
+        for knob, segments, units in by_knob:
+            for name, unit_names in members(segments, units).items():
                 held[f"{knob}.{name}"] = tuple(f"{knob}.{unit}" for unit in unit_names)
         return held
 

@@ -14,7 +14,7 @@ class _TableSession:
     def __init__(self):
         self.sessions = []
 
-    def policy(self, held, ratios, precision):
+    def policy(self, held, ratios):
         return ratios["a"]
 
     def time_policies(self, ratios):
@@ -24,7 +24,7 @@ class _TableSession:
 
 def test_the_least_pruned_step_that_times_within_each_target_is_found_though_the_estimate_over_promised():
     session, lines = _TableSession(), []
-    found, missed = _fit_targets(session, [8.9, 8.0, 6.0], PATH, SAVINGS, 10.0, {}, "int8", log=lines.append)
+    found, missed = _fit_targets(session, [8.9, 8.0, 6.0], PATH, SAVINGS, 10.0, {}, log=lines.append)
     # 10 - 0.2 (i + 1) <= target: step 6 (index 5) for 8.9, step 10 (index 9) for 8.0; 6.0 needs step 20
     assert found[8.9] == ({"a": 1.5}, 8.8) and found[8.0][0] == {"a": 2.5}
     assert 6.0 not in found and missed[6.0] == 10.0 - 0.2 * 12
@@ -35,5 +35,5 @@ def test_the_least_pruned_step_that_times_within_each_target_is_found_though_the
 
 def test_an_empty_path_times_nothing_and_fits_nothing():
     session = _TableSession()
-    assert _fit_targets(session, [8.0], [], SAVINGS, 10.0, {}, "int8", log=print) == ({}, {})
+    assert _fit_targets(session, [8.0], [], SAVINGS, 10.0, {}, log=print) == ({}, {})
     assert session.sessions == []

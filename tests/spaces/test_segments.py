@@ -11,7 +11,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from spaces.onnx_export import export_onnx, precision_units
 from spaces.pruning import pruning_units
-from spaces.segments import Segment, block_strides, graph_segments, segment_of
+from spaces.segments import INPUT_SEGMENT, Segment, block_strides, graph_segments, precision_segments, segment_of
 from spaces.space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -31,6 +31,7 @@ YOLO11N = (
     ("neck-4-p5", 20, 22),
     ("head", 23, 23),
 )
+PRECISION_SEGMENTS = (("input", 0, 0), ("stem", 1, 2), *YOLO11N[1:])
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,13 @@ def test_yolo11n_splits_by_part_and_resolution(yolo11n):
         assert len({strides[i] for i in range(s.first, s.last + 1)}) == 1, s
 
 
+def test_precision_segments_split_off_the_block_reading_the_image(yolo11n):
+    segments = graph_segments(yolo11n[0], IMGSZ)
+    assert [(s.name, s.first, s.last) for s in precision_segments(segments)] == list(PRECISION_SEGMENTS)
+    alone = (Segment(INPUT_SEGMENT, 0, 0), Segment("rest", 1, 4))
+    assert precision_segments(alone) == alone and precision_segments(()) == ()
+
+
 def test_yolov8n_has_the_same_shape_of_segments():
     model = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
     names = [s.name for s in graph_segments(model, IMGSZ)]
@@ -80,8 +88,9 @@ def test_the_structured_space_states_fewer_dimensions(yolo11n, structured):
     assert per_unit.dimensions()["prune"] == len(prune) and per_unit.dimensions()["precision"] == len(precision)
     dims = structured.dimensions()
     # ratios: every segment but the neck runs without a prunable unit (11-13 holds model.13, 14-16 model.16, ...)
-    assert dims["precision"] == len(YOLO11N) and dims["prune"] <= len(YOLO11N)
-    assert dims["total"] == dims["prune"] + dims["precision"] + dims["distill"] < per_unit.dimensions()["total"] / 2
+    assert dims["precision"] == len(PRECISION_SEGMENTS) and dims["prune"] <= len(YOLO11N)
+    total = per_unit.dimensions()["total"]
+    assert dims["total"] == dims["prune"] + dims["precision"] + dims["distill"] <= 0.55 * total  # about half
 
 
 def test_a_sampled_policy_is_uniform_inside_each_segment(structured):
@@ -91,16 +100,20 @@ def test_a_sampled_policy_is_uniform_inside_each_segment(structured):
         trial = study.ask()
         policy = structured.sample(trial)
         knobs = [name.split(".", 1) for name in trial.params if name.startswith(("prune.", "precision."))]
-        assert knobs and all(key in {s[0] for s in YOLO11N} for _, key in knobs)
+        assert {knob for knob, _ in knobs} == {"prune", "precision"}
+        assert {key for knob, key in knobs if knob == "prune"} <= {s[0] for s in YOLO11N}
+        assert {key for knob, key in knobs if knob == "precision"} == {s[0] for s in PRECISION_SEGMENTS}
         for segment in structured.segments:
             ratios = {r for u, r in policy.pruning.items() if segment.holds(u)}
+            assert len(ratios) <= 1, (segment, policy)
+        for segment in precision_segments(structured.segments):
             kinds = {policy.precision.get(u, "fp32") for u in structured.precision_units if segment.holds(u)}
-            assert len(ratios) <= 1 and len(kinds) == 1, (segment, policy)
+            assert len(kinds) == 1, (segment, policy)
         boundaries = sum(
             policy.precision.get(a, "fp32") != policy.precision.get(b, "fp32")
             for a, b in zip(structured.precision_units, structured.precision_units[1:], strict=False)
         )
-        assert boundaries <= len(structured.segments) - 1
+        assert boundaries <= len(PRECISION_SEGMENTS) - 1
         mixed += boundaries > 0
         study.tell(trial, 0.0)
     assert mixed  # the space does mix precisions, segment by segment
