@@ -26,6 +26,8 @@ is created:
    targets' candidates share each round's session). Summed per-segment
    savings over-promise (neighbouring segments share a convolution) and each is measured
    with noise; the path only needs their order to be roughly right.
+   Where the fastest precisions fit the budget unpruned and no reference has them (step 1 chose
+   another precision for the input block), that unpruned policy is the budget's start.
 
 Artifacts are timing-only builds (few calibration images, no bias correction: the
 structure, hence the latency, of the full build) under `<ctx.outdir>/guided/`. A start is
@@ -91,7 +93,9 @@ def guided_starts(
     ctx: TrialContext, model=None, *, log: Callable[[str], None] = print
 ) -> tuple[dict[str, GuidedStart], SegmentCosts | None]:
     """(name -> guided start of a study (see the module docstring), the segment costs they were found with);
-    ({}, None) when there is none to make (no sensitivity stored, or the fastest precision fits the budget).
+    ({}, None) when there is none to make (no sensitivity stored, or the fastest precision fits the budget); where
+    the fastest precisions, unpruned, fit the budget and are not uniform (the input block differs), that policy is
+    the start for the budget, and the costs are None where no target is left below it.
 
     The costs (`spaces.greedy.SegmentCosts`: the measured per-segment savings, the sensitivity's
     losses, each segment's units) are what `search.repair` repairs sampled policies with.
@@ -107,15 +111,23 @@ def guided_starts(
     segments = ctx.space.segments or graph_segments(model, ctx.imgsz)
     session = _Session(ctx, model, segments)
     fastest, base_ms = session.fastest_precisions()
+    starts: dict[str, GuidedStart] = {}
+    if base_ms <= ctx.budget_ms * BUDGET_MARGIN and len(set(session.precisions.values())) > 1:
+        # unpruned, the fastest precisions fit the budget, and no reference has them (the input block differs)
+        target = ctx.budget_ms * BUDGET_MARGIN
+        starts[_name(ctx, target)] = GuidedStart(session.policy({}, {}), round(target, 4), round(base_ms, 4))
     targets = _targets(ctx, base_ms)
     if not targets:
-        log(f"guided starts: none, {fastest} ({base_ms:.2f} ms) already fits the budget.")
-        return {}, None
+        unpruned = f"; unpruned, it is {next(iter(starts))}" if starts else ""
+        log(f"guided starts: {len(starts)}, {fastest} ({base_ms:.2f} ms) already fits the budget{unpruned}.")
+        return starts, None
     held = members(segments, [u.name for u in ctx.space.pruning_units])
     log(
         f"guided starts: {fastest} {base_ms:.2f} ms is the fastest; timing {len(held)} segments "
         f"pruned at {', '.join(f'{r:g}' for r in GRID)} for targets {', '.join(f'{t:.2f}' for t in targets)} ms"
     )
+    for name, start in starts.items():
+        log(f"  {name}: {start.measured_ms:.2f} ms (target {start.target_ms:.2f}), pruned nothing, {fastest}")
     savings, base_ms = session.segment_savings(held)
     log(
         f"  unpruned {base_ms:.2f} ms; saved (ms) at {'/'.join(f'{r:g}' for r in GRID)}: "
@@ -130,12 +142,11 @@ def guided_starts(
             f"to the model's whole mAP50-95 ({sensitivity.base_map:.3f}), which no fine-tune here recovers"
         )
     found, missed_by = _fit_targets(session, targets, path, savings, base_ms, held, log=log)
-    starts: dict[str, GuidedStart] = {}
     for target, (ratios, measured) in found.items():
         policy = session.policy(held, ratios)
         if any(policy == s.policy for s in starts.values()):
             continue
-        name = f"guided-{target / BUDGET_MARGIN / ctx.reference_ms:.2f}x"  # the limit it was made for, x L0
+        name = _name(ctx, target)
         starts[name] = GuidedStart(policy, round(target, 4), round(measured, 4))
         shaved = ", ".join(f"{s} {r:g}" for s, r in ratios.items() if r > 0) or "nothing"
         log(f"  {name}: {measured:.2f} ms (target {target:.2f}), pruned {shaved}, {fastest}")
@@ -148,6 +159,11 @@ def guided_starts(
         log(f"  no start fits {', '.join(missed)} ms within the grid")
     log(f"guided starts: {len(starts)} in {time.perf_counter() - started:.0f} s")
     return starts, SegmentCosts(savings, losses, held)
+
+
+def _name(ctx: TrialContext, target: float) -> str:
+    """`guided-<limit>x`: the start for `target` (ms) named by the limit it was made for, a fraction of L0."""
+    return f"guided-{target / BUDGET_MARGIN / ctx.reference_ms:.2f}x"
 
 
 def _targets(ctx: TrialContext, base_ms: float) -> list[float]:
@@ -258,7 +274,7 @@ class _Session:
             best = min(range(len(others)), key=lambda i: input_ms[i])
             if input_ms[best] < uniform_ms * (1 - INPUT_GAIN):
                 self.precisions, ms = variants[best], input_ms[best]
-                chosen = f"{precision} with the input block in {others[best]}"
+                chosen = f"all-{precision} but the input block ({others[best]})"
             else:
                 ms = uniform_ms
         return chosen + (f" with {self.activation}" if self.activation else ""), ms

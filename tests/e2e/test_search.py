@@ -270,7 +270,7 @@ def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
             p for u, p in start.policy.precision.items() if segment_of(precision_segments(segments), u).name != "input"
         }
         assert len(inner) == 1, start.policy.precision
-        assert start.policy.pruning, name
+        assert start.policy.pruning or len(set(start.policy.precision.values())) > 1, name  # unpruned: no reference
         for unit, ratio in start.policy.pruning.items():  # one ratio per segment
             segment = segment_of(segments, unit)
             assert all(r == ratio for u, r in start.policy.pruning.items() if segment_of(segments, u) == segment)
