@@ -48,6 +48,11 @@ from spaces.space import SearchSpace
 RECOVERED_ATTR = "recovered_from"
 # A plain recovery whose artifact scores this much mAP50-95 under its best epoch in PyTorch suggests --recover-qat.
 INT8_COST_HINT = 0.01
+RECOVERY_MIN_LR0 = 1e-3
+"""A recovery's AdamW lr0 where none is given: the source's, but at least this. The 3-epoch trial fine-tune of a
+swapped activation runs at `spaces.activation.SWAPPED_FINETUNE_LR0` (2e-4); a 6-epoch recovery on the whole train
+split at that rate under-trains (ONNX Runtime bench study, ReLU INT8, undistilled: the 0.33x L0 guided start
+0.3431 at 2e-4, 0.3742 at 1e-3; the unpruned 0.5x start 0.3898 and 0.3942)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class RecoverySettings:
     """How a chosen policy is recovered.
 
     epochs: fine-tune epochs (> 0). train_images: the first N train images (None: the whole
-    split). lr0: AdamW initial learning rate (None: the source policy's). weight: the
+    split). lr0: AdamW initial learning rate (None: the source policy's, at least RECOVERY_MIN_LR0). weight: the
     distillation loss weight, Ultralytics' `dis` (None: the source policy's when it
     distilled, else the default). prune_steps: 1 continues the trial's fine-tuned weights; k > 1
     starts again from the baseline and prunes toward the policy in k steps with the epochs split
@@ -107,7 +112,7 @@ class RecoverySettings:
             enabled=source.enabled if source.epochs > 0 else True,
             weight=self.weight or (source.weight if source.enabled else default.weight),
             epochs=self.epochs,
-            lr0=self.lr0 or source.lr0,
+            lr0=self.lr0 or max(source.lr0, RECOVERY_MIN_LR0),
             teacher=source.teacher,
         )
 
