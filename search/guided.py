@@ -115,8 +115,8 @@ def guided_starts(
     session = _Session(ctx, model, segments)
     fastest, base_ms = session.fastest_precisions()
     starts: dict[str, GuidedStart] = {}
-    if base_ms <= ctx.budget_ms * BUDGET_MARGIN and len(set(session.precisions.values())) > 1:
-        # unpruned, the fastest precisions fit the budget, and no reference has them (the input block differs)
+    if base_ms <= ctx.budget_ms * BUDGET_MARGIN and not session.uniform:
+        # unpruned, the fastest precisions fit the budget, and no reference has them
         target = ctx.budget_ms * BUDGET_MARGIN
         starts[_name(ctx, target)] = GuidedStart(session.policy({}, {}), round(target, 4), round(base_ms, 4))
     targets = _targets(ctx, base_ms)
@@ -242,6 +242,12 @@ class _Session:
         self.device = get_device(ctx.device)
         self.folder = Path(ctx.outdir) / "guided"
         self.folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def uniform(self) -> bool:
+        """Whether the session's precisions are one precision everywhere, as a reference's are (the input block
+        may differ)."""
+        return len(set(self.precisions.values())) == 1
 
     def policy(self, held: Mapping[str, tuple[str, ...]], ratios: Mapping[str, float]) -> Policy:
         """A start of this session: `ratios` per segment of `held`, the session's precisions and activation."""

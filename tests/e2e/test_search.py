@@ -243,7 +243,7 @@ def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
     """`--starts guided`: starts timed on the device before the study, stored with it, enqueued after the references."""
     from search.guided import GRID, GuidedStart
     from spaces.greedy import SegmentCosts
-    from spaces.segments import graph_segments, precision_segments, segment_of
+    from spaces.segments import INPUT_SEGMENT, graph_segments, precision_segments, segment_of
 
     storage = f"sqlite:///{tmp_path}/studies.db"
     args = ["search", "studies/smoke.yaml", "--study", "guided", "--storage", storage, "--out", str(tmp_path / "out")]
@@ -267,7 +267,9 @@ def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
         assert name.startswith("guided-") and start.measured_ms <= start.target_ms <= record["budget_ms"]
         # the device's fastest precision, no islands: the block reading the image may differ (it is timed apart)
         inner = {
-            p for u, p in start.policy.precision.items() if segment_of(precision_segments(segments), u).name != "input"
+            p
+            for u, p in start.policy.precision.items()
+            if segment_of(precision_segments(segments), u).name != INPUT_SEGMENT
         }
         assert len(inner) == 1, start.policy.precision
         assert start.policy.pruning or len(set(start.policy.precision.values())) > 1, name  # unpruned: no reference
