@@ -360,8 +360,9 @@ def test_continue_runs_more_trials_on_the_warm_study(source):
 
 
 def _units_of(name: str, record: dict) -> list[str]:
-    """The precision units a searched parameter name sets: itself, or those of the segment of that name."""
-    from spaces.segments import Segment, members
+    """The precision units a searched parameter name sets: itself, or those of the precision segment of that name
+    (the study records its pruning segments; the precision ones split the input block off them)."""
+    from spaces.segments import Segment, members, precision_segments
 
-    segments = [Segment(n, first, last) for n, first, last in record["segments"]]
+    segments = precision_segments([Segment(n, first, last) for n, first, last in record["segments"]])
     return list(members(segments, record["precision_units"]).get(name, (name,)))
