@@ -245,8 +245,8 @@ class _Session:
 
     @property
     def uniform(self) -> bool:
-        """Whether the session's precisions are one precision everywhere, as a reference's are (the input block
-        may differ)."""
+        """Whether every unit has the session's one precision, as in a reference (False where step 1 gave the input
+        block another precision)."""
         return len(set(self.precisions.values())) == 1
 
     def policy(self, held: Mapping[str, tuple[str, ...]], ratios: Mapping[str, float]) -> Policy:

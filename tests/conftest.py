@@ -52,6 +52,14 @@ def run_cli(args: list[str], home: Path, timeout: int = 900, **kwargs) -> subpro
     )
 
 
+def recorded_precision_segments(record: dict) -> tuple:
+    """The precision segments of a study's space (`spaces.segments.precision_segments`) from its record, which
+    stores the pruning segments as [name, first block, last block]."""
+    from spaces.segments import Segment, precision_segments
+
+    return precision_segments([Segment(name, first, last) for name, first, last in record["segments"]])
+
+
 @dataclass(frozen=True)
 class Embedded:
     """The committed baseline checkpoint, its record, and the embedded data set it was trained on."""

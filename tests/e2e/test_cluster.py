@@ -29,8 +29,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.study import load_study, study_record
-from spaces.segments import Segment, precision_segments
-from tests.conftest import REPO, cli_env, run_cli
+from tests.conftest import REPO, cli_env, recorded_precision_segments, run_cli
 from tests.postgres_server import free_port
 
 pytestmark = pytest.mark.slow  # minutes: a two-node cluster and the smoke study on it
@@ -261,7 +260,7 @@ def test_a_node_killed_mid_trial_loses_only_that_trial(cluster, postgres_url, tm
     assert "[trial failed] the Ray worker running the trial died" in output
     dims = study_record(study)["dimensions"]
     assert f"segments space of {dims['total']} dimensions" in output and 0 < dims["precision"] < 24
-    held = {s.name for s in precision_segments([Segment(*s) for s in study_record(study)["segments"]])}
+    held = {s.name for s in recorded_precision_segments(study_record(study))}
     assert all(k.split(".", 1)[1] in held for k in trials[-1].params if k.startswith("precision."))
     # the search went on: every trial asked for is settled, most of them finished
     assert len(trials) == 7 and sum(s == TrialState.COMPLETE for s in states) >= 7 - len(failed)

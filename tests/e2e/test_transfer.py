@@ -31,6 +31,7 @@ from search.front import pareto_front, trials_table
 from search.study import STUDY_ATTR, load_study, study_exists, study_record
 from search.transfer import MAP_MARGIN, target_name, worth_validating
 from search.transfer_trial import MAP_SOURCES
+from tests.conftest import recorded_precision_segments
 
 pytestmark = pytest.mark.slow  # minutes: the smoke study carried to two devices, then continued
 
@@ -360,9 +361,7 @@ def test_continue_runs_more_trials_on_the_warm_study(source):
 
 
 def _units_of(name: str, record: dict) -> list[str]:
-    """The precision units a searched parameter name sets: itself, or those of the precision segment of that name
-    (the study records its pruning segments; the precision ones split the input block off them)."""
-    from spaces.segments import Segment, members, precision_segments
+    """The precision units a searched parameter name sets: itself, or those of the precision segment of that name."""
+    from spaces.segments import members
 
-    segments = precision_segments([Segment(n, first, last) for n, first, last in record["segments"]])
-    return list(members(segments, record["precision_units"]).get(name, (name,)))
+    return list(members(recorded_precision_segments(record), record["precision_units"]).get(name, (name,)))
