@@ -41,7 +41,7 @@ from spaces.onnx_export import export_onnx, precision_units
 from spaces.policy import Policy
 from spaces.precision import uniform_precisions
 from spaces.pruning import pruning_units, uniform_ratios
-from spaces.segments import graph_segments
+from spaces.segments import Segment, graph_segments
 from spaces.space import SearchSpace
 
 
@@ -75,7 +75,7 @@ class Prepared:
             "precision_units": list(ctx.space.precision_units),
             "offered": list(ctx.space.offered),
             "fastest_precision": ctx.space.fastest_precision(),
-            "segments": [[s.name, s.first, s.last] for s in ctx.space.segments],
+            "segments": [s.to_list() for s in ctx.space.segments],
             "dimensions": ctx.space.dimensions(),
             "guided_starts": {name: start.to_dict() for name, start in self.starts.items()},
             **({"segment_costs": self.costs.to_dict()} if self.costs is not None else {}),
@@ -182,7 +182,7 @@ def prepare(
         offered=tuple(p for p in PRECISIONS if p in device.precisions),
         max_epochs=config.finetune_epochs,
         ratio_ranges=sensitivity_ranges(config, checkpoint, model),
-        segments=graph_segments(model, config.imgsz) if config.space == "segments" else (),
+        segments=_segments(config, model, record),
         # a resumed study keeps the references it was created with (a record without one: the speed order)
         fastest=record.get("fastest_precision", "") if record is not None else device.fastest_precision,
         activations=config.activations,
@@ -222,6 +222,14 @@ def prepare(
     else:
         starts = {}
     return Prepared(context, baseline_ms, fastest_ms, device.fingerprint().to_dict(), starts, costs, variants)
+
+
+def _segments(config: StudyConfig, model, record: dict | None) -> tuple[Segment, ...]:
+    """The structured space's segments: a resumed study's recorded ones (it keeps its space: one recorded before the
+    head was split by scale keeps one "head" segment), else the model's (`graph_segments`); none for "per-unit"."""
+    if record is not None and "segments" in record:
+        return tuple(Segment.from_list(row) for row in record["segments"])
+    return graph_segments(model, config.imgsz) if config.space == "segments" else ()
 
 
 def stored_context(study, storage_url: str) -> TrialContext:

@@ -3,7 +3,8 @@
 A *pruning unit* is a set of output channels that can be removed together, derived
 from the model itself with torch-pruning's dependency graph. At block granularity (the
 default) a unit is one layer of the Ultralytics model, `model.<i>` (a Conv, a C3k2/C2f,
-SPPF, C2PSA, or the Detect head's intermediate convs); at layer granularity a unit is
+SPPF, C2PSA), or one scale of the Detect head, `model.<i>.p<level>` (its intermediate convs at
+that stride, see `spaces.channel_groups.head_scales`); at layer granularity a unit is
 one prunable conv (its Ultralytics `Conv` path, e.g. `model.2.cv0`). Coupled layers
 (residual adds, a depthwise conv tied to its producer, a neck output feeding the head)
 always share one unit: the unit of the earliest conv producing those channels.
@@ -44,6 +45,7 @@ from spaces.channel_groups import (
     ChannelGroup,
     channel_groups,
     check_granularity,
+    head_scales,
     ignored_layers,
     prepare_model,
     trace_inputs,
@@ -68,7 +70,8 @@ REFERENCE_RATIOS = (0.25, 0.5, 0.75)
 class PruningUnit:
     """Output channels pruned with one shared ratio.
 
-    name: `model.<i>` (block granularity) or a `Conv` module path (layer granularity).
+    name: `model.<i>` or a head scale `model.<i>.p<level>` (block granularity), or a `Conv` module path (layer
+        granularity).
     channels: prunable output channels, summed over the unit's channel groups.
     kind: "backbone", "neck" or "head".
     layers: module paths (in the block-prepared model, see `spaces.yolo_blocks`) of the
@@ -110,7 +113,7 @@ def pruning_units(model: nn.Module, granularity: str = "block") -> list[PruningU
     """
     check_granularity(granularity)
     prepared = prepare_model(model)
-    units = _by_unit(channel_groups(prepared), granularity)
+    units = _by_unit(channel_groups(prepared), granularity, head_scales(prepared))
     return [
         PruningUnit(name, sum(g.channels for g in groups), unit_kind(prepared, name), tuple(g.layer for g in groups))
         for name, groups in units.items()
@@ -194,7 +197,7 @@ class IterativePruning:
 
     def _build(self, ratios: Mapping[str, float], round_to: int | None, granularity: str) -> None:
         groups = channel_groups(self.model)
-        self._by_unit = _by_unit(groups, granularity)
+        self._by_unit = _by_unit(groups, granularity, head_scales(self.model))
         self.ratios = _checked_ratios(ratios, list(self._by_unit))
         self._producers = {group.layer: group.members[0] for group in groups}
         self._image = torch.zeros(1, 3, self.imgsz, self.imgsz, device=next(self.model.parameters()).device)
@@ -304,14 +307,15 @@ def ratio_params(
     return tuple(params)
 
 
-def _by_unit(groups: Sequence[ChannelGroup], granularity: str) -> dict[str, list[ChannelGroup]]:
+def _by_unit(groups: Sequence[ChannelGroup], granularity: str, scales) -> dict[str, list[ChannelGroup]]:
     units: dict[str, list[ChannelGroup]] = {}
     for group in groups:
-        units.setdefault(unit_name(group.layer, granularity), []).append(group)
+        units.setdefault(unit_name(group.layer, granularity, scales), []).append(group)
     return units
 
 
 def _checked_ratios(ratios: Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
+    ratios = _split_blocks(ratios, names)
     unknown = sorted(set(ratios) - set(names))
     if unknown:
         raise UserError(f"Unknown pruning unit(s) {', '.join(unknown)}; this model's units are {', '.join(names)}.")
@@ -319,3 +323,13 @@ def _checked_ratios(ratios: Mapping[str, float], names: Sequence[str]) -> dict[s
         if isinstance(ratio, bool) or not (isinstance(ratio, numbers.Real) and 0.0 <= ratio < MAX_RATIO):
             raise UserError(f"Pruning ratio {ratio!r} for unit '{name}' is outside [0, {MAX_RATIO}).")
     return {name: float(ratios.get(name, 0.0)) for name in names}
+
+
+def _split_blocks(ratios: Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
+    """`ratios` with a block that is several units (the Detect head: one per scale) named as a whole, `model.<i>`,
+    replaced by its units at that ratio: a policy stored when the head was one unit prunes as it did then."""
+    split = {}
+    for name, ratio in ratios.items():
+        parts = [unit for unit in names if unit.startswith(f"{name}.")] if name not in names else []
+        split.update(dict.fromkeys(parts or [name], ratio))
+    return split

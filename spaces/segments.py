@@ -10,14 +10,18 @@ blocks `model.<i>` (the graph's topological order) at one resolution:
   the blocks at stride 4 or less form one segment, "stem";
 - the neck, from that `Upsample` up to the head, split the same way (its top-down path
   and its bottom-up path each visit the strides in turn: "neck-1-p4", "neck-2-p3", ...);
-- the head (`Detect`), "head".
+- the head (`Detect`), one segment per scale, "head-p3", "head-p4", ...: the head is one block,
+  so these segments split it by the module paths of each scale's branches (`Segment.paths`,
+  from `spaces.channel_groups.head_scales`).
 
 Segments are named by part and pyramid level (stride 2^k is "p<k>"). A segment's ratio
 applies to every pruning unit in it, its precision to every precision unit in it, so a
 policy is uniform inside each segment and has at most one precision boundary between
 two segments. `segment_of` maps any unit name (`model.<i>` or a conv path inside it).
 
-Precision is chosen per segment of `precision_segments`: the same, except that the block
+Precision is chosen per segment of `precision_segments`: the same, except that the head's
+scales are one segment again, "head" (precision units are whole blocks, and one precision for
+the head keeps its outputs' concatenation free of casts), and the block
 reading the image has its own, "input". That block sits at the graph's edge, where its input
 is float anyway, so its own precision makes no island: it only moves the first quantize
 after it. It is the one block whose best precision differs from its neighbours' on CPUs:
@@ -35,25 +39,45 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from spaces.channel_groups import head_scales
 from spaces.params import Categorical, FloatRange, Param
 
 STEM_MAX_STRIDE = 4
 """Blocks whose output stride is at most this form the stem segment."""
 INPUT_SEGMENT = "input"
 """The precision segment of the block that reads the image (`precision_segments`)."""
+HEAD_SEGMENT = "head"
+"""The precision segment of the whole Detect head (`precision_segments`); its pruning segments are "head-p<level>"."""
 
 
 @dataclass(frozen=True)
 class Segment:
-    """A run of consecutive blocks searched as one: `name`, and its block indices `first`..`last` (inclusive)."""
+    """A run of consecutive blocks searched as one: `name`, and its block indices `first`..`last` (inclusive).
+
+    paths: where the segment is part of one block (a head scale), the unit names and module paths inside it that
+    it holds (a unit is held when it is one of them or lies below one); empty: all of its blocks.
+    """
 
     name: str
     first: int
     last: int
+    paths: tuple[str, ...] = ()
 
     def holds(self, unit: str) -> bool:
-        """Whether the unit `unit` (`model.<i>` or a module path below it) lies in this segment."""
-        return self.first <= block_index(unit) <= self.last
+        """Whether the unit `unit` (`model.<i>`, a head scale or a module path below them) lies in this segment."""
+        if not self.first <= block_index(unit) <= self.last:
+            return False
+        return not self.paths or any(unit == path or unit.startswith(f"{path}.") for path in self.paths)
+
+    def to_list(self) -> list:
+        """JSON-ready, as a study record stores it: [name, first, last, paths]; `from_list` reads it back."""
+        return [self.name, self.first, self.last, list(self.paths)]
+
+    @classmethod
+    def from_list(cls, row: Sequence) -> Segment:
+        """The segment `to_list` wrote (a row of a record stored before `paths` existed has three items)."""
+        name, first, last, *paths = row
+        return cls(name, int(first), int(last), tuple(paths[0]) if paths else ())
 
 
 def block_index(unit: str) -> int:
@@ -77,7 +101,10 @@ def graph_segments(model: nn.Module, imgsz: int) -> tuple[Segment, ...]:
             if i == last or _level(strides[i + 1]) != _level(strides[i]):
                 segments.append(Segment(_name(part, strides[i], len(segments)), run, i))
                 run = i + 1
-    segments.append(Segment("head", head, head))
+    segments.extend(
+        Segment(f"{HEAD_SEGMENT}-{unit.rsplit('.', 1)[1]}", head, head, (unit, *branches))
+        for unit, branches in head_scales(model).items()
+    )
     return _merge_stem(segments, strides)
 
 
@@ -100,15 +127,23 @@ def block_strides(model: nn.Module, imgsz: int) -> list[int]:
 
 
 def precision_segments(segments: Sequence[Segment]) -> tuple[Segment, ...]:
-    """The segments precision is chosen per: `segments` with their first block, the one reading the image, split off
-    as `INPUT_SEGMENT` (unchanged where it is alone already, or `segments` is empty)."""
-    if not segments or segments[0].first == segments[0].last:
-        return tuple(segments)
-    first = segments[0]
+    """The segments precision is chosen per: `segments` with the parts of one block (the head's scales) joined into
+    one whole-block segment (`HEAD_SEGMENT` for the head), and their first block, the one reading the image, split
+    off as `INPUT_SEGMENT` (unchanged where it is alone already, or `segments` is empty)."""
+    joined: list[Segment] = []
+    for segment in segments:
+        if segment.paths:  # a part of one block, named "<block's segment>-<part>"
+            if joined and (joined[-1].first, joined[-1].last) == (segment.first, segment.last):
+                continue  # the block is joined already
+            segment = Segment(segment.name.rsplit("-", 1)[0], segment.first, segment.last)
+        joined.append(segment)
+    if not joined or joined[0].first == joined[0].last:
+        return tuple(joined)
+    first = joined[0]
     return (
         Segment(INPUT_SEGMENT, first.first, first.first),
         Segment(first.name, first.first + 1, first.last),
-        *segments[1:],
+        *joined[1:],
     )
 
 

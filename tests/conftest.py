@@ -54,10 +54,10 @@ def run_cli(args: list[str], home: Path, timeout: int = 900, **kwargs) -> subpro
 
 def recorded_precision_segments(record: dict) -> tuple:
     """The precision segments of a study's space (`spaces.segments.precision_segments`) from its record, which
-    stores the pruning segments as [name, first block, last block]."""
+    stores the pruning segments (`Segment.to_list`)."""
     from spaces.segments import Segment, precision_segments
 
-    return precision_segments([Segment(name, first, last) for name, first, last in record["segments"]])
+    return precision_segments([Segment.from_list(row) for row in record["segments"]])
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,10 @@ def test_sample_gives_valid_policies_with_named_parameters(units):
         assert set(policy.pruning) <= {u.name for u in prune}  # units sampled at 0 are left out
         assert set(policy.precision) == set(prec)
         assert all(0.0 < r <= 0.75 and round(r / 0.05, 6).is_integer() for r in policy.pruning.values())
-        assert 1 <= policy.distillation.epochs <= s.max_epochs
+        assert 0 <= policy.distillation.epochs <= s.max_epochs
+        if policy.distillation.epochs == 0:  # no fine-tune: nothing else of it is asked
+            assert policy.distillation == DistillationSettings(enabled=False, epochs=0)
+            assert not any(p.startswith("distill.") and p != "distill.epochs" for p in trial.params)
         params = set(trial.params)
         assert {f"prune.{u.name}" for u in prune} <= params
         assert {f"precision.{u}" for u in prec} <= params

@@ -96,7 +96,7 @@ def test_units_cover_backbone_neck_and_head_but_not_final_convs(base, units):
     assert len(names) == len(set(names))
     assert {u.kind for u in units} == {"backbone", "neck", "head"}
     head = f"model.{len(base.model) - 1}"
-    assert [u.name for u in units if u.kind == "head"] == [head]
+    assert [u.name for u in units if u.kind == "head"] == [f"{head}.p{level}" for level in (3, 4, 5)]  # one per scale
     assert all(u.channels > 0 and u.layers for u in units)
     detect_inputs = {f"model.{i}" for i in base.model[-1].f}
     assert detect_inputs <= {u.name for u in units if u.kind == "neck"}
@@ -192,6 +192,19 @@ def test_head_outputs_keep_their_width(base, pruned, image):
     assert all(branch[-1].out_channels == 4 * head.reg_max for branch in head.cv2)
     assert all(branch[-1].out_channels == head.nc for branch in head.cv3)
     assert predict(pruned.model, image).shape == (1, 4 + 10, sum((IMGSZ // s) ** 2 for s in (8, 16, 32)))
+
+
+def test_each_head_scale_prunes_alone_and_the_whole_head_by_its_block_name(base, units, image):
+    head = len(base.model) - 1
+    width = {k: base.model[-1].cv2[k][0].conv.out_channels for k in range(3)}
+    p5 = apply_pruning(base, {f"model.{head}.p5": 0.5}, imgsz=IMGSZ)
+    assert [p5.model.model[-1].cv2[k][0].conv.out_channels for k in range(3)] == [width[0], width[1], width[2] // 2]
+    assert p5.ratios[f"model.{head}.p3"] == 0.0 and p5.macs < p5.base_macs
+    # a policy stored when the head was one unit, `model.<i>`, prunes every scale at its ratio
+    whole = apply_pruning(base, {f"model.{head}": 0.5}, imgsz=IMGSZ)
+    scales = apply_pruning(base, {u.name: 0.5 for u in units if u.kind == "head"}, imgsz=IMGSZ)
+    assert whole.channels == scales.channels and whole.macs == scales.macs
+    assert predict(whole.model, image).shape == predict(base, image).shape
 
 
 def test_pruned_model_trains_one_step(pruned):

@@ -29,9 +29,11 @@ YOLO11N = (
     ("neck-2-p3", 14, 16),
     ("neck-3-p4", 17, 19),
     ("neck-4-p5", 20, 22),
-    ("head", 23, 23),
+    ("head-p3", 23, 23),
+    ("head-p4", 23, 23),
+    ("head-p5", 23, 23),
 )
-PRECISION_SEGMENTS = (("input", 0, 0), ("stem", 1, 2), *YOLO11N[1:])
+PRECISION_SEGMENTS = (("input", 0, 0), ("stem", 1, 2), *YOLO11N[1:-3], ("head", 23, 23))
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,13 @@ def test_yolo11n_splits_by_part_and_resolution(yolo11n):
     assert [(s.name, s.first, s.last) for s in segments] == list(YOLO11N)
     strides = block_strides(model, IMGSZ)
     assert strides[:11] == [2, 4, 4, 8, 8, 16, 16, 32, 32, 32, 32]
-    for s in segments[1:-1]:  # one resolution inside a segment
+    for s in segments[1:-3]:  # one resolution inside a segment
         assert len({strides[i] for i in range(s.first, s.last + 1)}) == 1, s
+    # the head's scales: each holds its unit and its branches' convs, at the stride its name says
+    assert [s.paths for s in segments[-3:]] == [
+        (f"model.23.p{level}", f"model.23.cv2.{k}", f"model.23.cv3.{k}") for k, level in enumerate((3, 4, 5))
+    ]
+    assert [int(x) for x in model.model[-1].stride] == [8, 16, 32]
 
 
 def test_precision_segments_split_off_the_block_reading_the_image(yolo11n):
@@ -65,19 +72,31 @@ def test_precision_segments_split_off_the_block_reading_the_image(yolo11n):
     assert precision_segments(alone) == alone and precision_segments(()) == ()
 
 
+def test_a_segment_round_trips_through_a_study_record(yolo11n):
+    segments = graph_segments(yolo11n[0], IMGSZ)
+    assert tuple(Segment.from_list(s.to_list()) for s in segments) == segments
+    assert Segment.from_list(["head", 23, 23]) == Segment("head", 23, 23)  # a record from before head scales
+
+
 def test_yolov8n_has_the_same_shape_of_segments():
     model = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
     names = [s.name for s in graph_segments(model, IMGSZ)]
-    assert names[0] == "stem" and names[-1] == "head" and "backbone-p5" in names and "neck-2-p3" in names
+    assert names[0] == "stem" and names[-3:] == ["head-p3", "head-p4", "head-p5"]
+    assert "backbone-p5" in names and "neck-2-p3" in names
 
 
 def test_segments_cover_every_unit_once_in_order(yolo11n):
     model, prune, precision = yolo11n
     segments = graph_segments(model, IMGSZ)
-    assert [s.first for s in segments[1:]] == [s.last + 1 for s in segments[:-1]] and segments[0].first == 0
-    assert segment_of(segments, "model.2.cv0").name == "stem" and segment_of(segments, "model.23").name == "head"
-    for unit in [u.name for u in prune] + list(precision):
+    whole = precision_segments(segments)
+    assert [s.first for s in whole[1:]] == [s.last + 1 for s in whole[:-1]] and whole[0].first == 0
+    assert segment_of(segments, "model.2.cv0").name == "stem" and segment_of(whole, "model.23").name == "head"
+    assert segment_of(segments, "model.23.p4").name == "head-p4"
+    assert segment_of(segments, "model.23.cv3.2.0.1").name == "head-p5"  # a conv path (layer granularity)
+    for unit in [u.name for u in prune] + [u.name for u in pruning_units(model, granularity="layer")]:
         assert sum(s.holds(unit) for s in segments) == 1, unit
+    for unit in precision:
+        assert sum(s.holds(unit) for s in whole) == 1, unit
     with pytest.raises(ValueError, match="not a unit"):
         Segment("x", 0, 1).holds("backbone.2")
 
