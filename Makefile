@@ -19,11 +19,11 @@ demo: $(STAMP)
 
 ## The test suite: the fast tests of every layer plus the end-to-end smoke search.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=10
 
 ## The minutes-long end-to-end checks left out of `make test` (CI runs them after it).
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow --durations=10
 
 ## Everything at once.
 test-all: $(STAMP)

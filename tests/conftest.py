@@ -10,6 +10,7 @@ ensure_offline()  # the test session is an entry point: before anything imports 
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -19,6 +20,15 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+SLOW_DEADLINE = "SQUEEZEFIT_SLOW_DEADLINE"
+"""Environment variable: a Unix time after which no slow test starts (CI sets it so its run fits its time limit)."""
+
+
+def pytest_runtest_setup(item):
+    """Skip, with the reason, a slow test that would start after `SLOW_DEADLINE` (slow tests run where time allows)."""
+    deadline = os.environ.get(SLOW_DEADLINE)
+    if deadline and item.get_closest_marker("slow") is not None and time.time() > float(deadline):
+        pytest.skip(f"the run's time for slow tests is spent ({SLOW_DEADLINE} passed)")
 
 
 @dataclass(frozen=True)
