@@ -239,6 +239,8 @@ def test_killed_search_resumes_without_losing_trials(tmp_path):
     assert all(t.state != TrialState.RUNNING for t in trials)
 
 
+@pytest.mark.slow  # every segment timed at every grid ratio, then 7 trials: ~9 min on an AVX2-only CPU (the rules:
+# tests/search/test_guided_bisection.py, tests/spaces/test_greedy.py, in seconds)
 def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
     """`--starts guided`: starts timed on the device before the study, stored with it, enqueued after the references."""
     from search.guided import GRID, GuidedStart
