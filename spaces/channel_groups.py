@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,8 @@ from evaluators.vocabulary import UserError
 from spaces.yolo_blocks import replace_split_blocks
 
 GRANULARITIES = ("block", "layer")
+HEAD_BRANCHES = ("cv2", "cv3", "one2one_cv2", "one2one_cv3")
+"""The Detect head's per-scale branch lists (box, class, and the end-to-end head's twins where it has them)."""
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,8 @@ def ignored_layers(model: nn.Module) -> list[nn.Module]:
     """Every module whose channels stay as they are (see the module docstring)."""
     head = model.model[-1]
     fixed: list[nn.Module] = [head.dfl]
-    for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
-        branches = getattr(head, attr, None) or []
-        fixed.extend(branch[-1] for branch in branches)
+    for attr in HEAD_BRANCHES:
+        fixed.extend(branch[-1] for branch in getattr(head, attr, None) or [])
     fixed.extend(m for m in model.modules() if isinstance(m, Attention))
     return [sub for module in fixed for sub in module.modules()]
 
@@ -127,24 +129,22 @@ def head_scales(model: nn.Module) -> dict[str, tuple[str, ...]]:
     head = model.model[index]
     scales = {}
     for k, stride in enumerate(head.stride.tolist()[: head.nl]):
-        branches = tuple(
-            f"model.{index}.{attr}.{k}"
-            for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3")
-            if getattr(head, attr, None) is not None
-        )
+        branches = tuple(f"model.{index}.{attr}.{k}" for attr in HEAD_BRANCHES if getattr(head, attr, None))
         scales[f"model.{index}.p{round(math.log2(stride))}"] = branches
     return scales
 
 
-def unit_name(layer: str, granularity: str, scales: dict[str, tuple[str, ...]] | None = None) -> str:
+def unit_name(layer: str, granularity: str, scales: Mapping[str, Sequence[str]]) -> str:
     """The pruning unit a group's producing layer belongs to: itself for "layer"; for "block" its block `model.<i>`,
     or the head scale (of `scales`, `head_scales`) whose branch holds it."""
     if granularity != "block":
         return layer
-    for unit, branches in (scales or {}).items():
-        if any(layer.startswith(f"{branch}.") for branch in branches):
-            return unit
-    return ".".join(layer.split(".")[:2])
+    return next((unit for unit, branches in scales.items() if within(layer, branches)), ".".join(layer.split(".")[:2]))
+
+
+def within(path: str, scopes: Sequence[str]) -> bool:
+    """Whether the dotted module path (or unit name) `path` is one of `scopes` or lies below one."""
+    return any(path == scope or path.startswith(f"{scope}.") for scope in scopes)
 
 
 def unit_kind(model: nn.Module, unit: str) -> str:

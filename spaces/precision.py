@@ -46,6 +46,7 @@ import onnx
 import torch
 
 from evaluators.vocabulary import FP32_NODES_KEY, INFERENCE_PRECISION_KEY, PRECISIONS, Int8Recipe, UserError
+from spaces.channel_groups import HEAD_BRANCHES, within
 from spaces.fp16 import to_fp16
 from spaces.onnx_export import (
     detection_model,
@@ -224,7 +225,7 @@ class FloatHead:
         layers = detection_model(model).model
         head, unit = layers[-1], f"model.{len(layers) - 1}"
         branches, finals = [], [f"{unit}.dfl"]
-        for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
+        for attr in HEAD_BRANCHES:
             for j, branch in enumerate(getattr(head, attr, None) or []):
                 prefix = f"{unit}.{attr}.{j}"
                 convs = [name for name, m in branch.named_modules() if isinstance(m, torch.nn.Conv2d)]
@@ -234,13 +235,9 @@ class FloatHead:
 
     def keeps(self, path: str) -> bool:
         """Whether the module at dotted `path` (or a node it emitted) stays float."""
-        if path != self.unit and not path.startswith(self.unit + "."):
+        if not within(path, (self.unit,)):
             return False
-        return _inside(path, self.finals) or not _inside(path, self.branches)
-
-
-def _inside(path: str, scopes: Sequence[str]) -> bool:
-    return any(path == s or path.startswith(s + ".") for s in scopes)
+        return within(path, self.finals) or not within(path, self.branches)
 
 
 def _float_head_nodes(model, graph: onnx.ModelProto) -> set[str]:

@@ -307,7 +307,9 @@ def ratio_params(
     return tuple(params)
 
 
-def _by_unit(groups: Sequence[ChannelGroup], granularity: str, scales) -> dict[str, list[ChannelGroup]]:
+def _by_unit(
+    groups: Sequence[ChannelGroup], granularity: str, scales: Mapping[str, Sequence[str]]
+) -> dict[str, list[ChannelGroup]]:
     units: dict[str, list[ChannelGroup]] = {}
     for group in groups:
         units.setdefault(unit_name(group.layer, granularity, scales), []).append(group)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spaces.channel_groups import head_scales
+from spaces.channel_groups import head_scales, within
 from spaces.params import Categorical, FloatRange, Param
 
 STEM_MAX_STRIDE = 4
@@ -67,7 +67,7 @@ class Segment:
         """Whether the unit `unit` (`model.<i>`, a head scale or a module path below them) lies in this segment."""
         if not self.first <= block_index(unit) <= self.last:
             return False
-        return not self.paths or any(unit == path or unit.startswith(f"{path}.") for path in self.paths)
+        return not self.paths or within(unit, self.paths)
 
     def to_list(self) -> list:
         """JSON-ready, as a study record stores it: [name, first, last, paths]; `from_list` reads it back."""
