@@ -167,14 +167,17 @@ def _card(study, number: int, attrs: dict, policy: Policy, figures: dict, sessio
         *(f"- {k}: {v}" for k, v in policy.distillation.to_dict().items()),
         f"- per-epoch val mAP50-95 (PyTorch): {', '.join(f'{m:.4f}' for m in attrs.get('epoch_maps', [])) or 'no fine-tune'}",
         "",
-        "## Per-unit pruning ratio and precision",
+        "## Per-unit pruning ratio, inner blocks removed and precision",
         "",
-        "| unit | pruning ratio | precision |",
-        "|---|---|---|",
+        "| unit | pruning ratio | inner blocks removed | precision |",
+        "|---|---|---|---|",
     ]
     units = list(dict.fromkeys(record["pruning_units"] + record["precision_units"]))
     for unit in units:
-        lines.append(f"| {unit} | {policy.pruning.get(unit, 0.0):.2f} | {policy.precision.get(unit, 'fp32')} |")
+        removed = policy.depth.get(unit, 0)
+        lines.append(
+            f"| {unit} | {policy.pruning.get(unit, 0.0):.2f} | {removed or '-'} | {policy.precision.get(unit, 'fp32')} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -15,8 +15,11 @@ is created:
 2. Per-segment savings: for every segment (`spaces.segments.graph_segments`) and ratio of
    `GRID`, the model at that precision with only that segment pruned, timed in one
    round-robin session per segment with the unpruned one — savings in ms on the study's scale.
+   A segment holding depth units (`spaces.depth`, where the study searches depth) is timed in the
+   same session without their inner blocks too: its depth step (`spaces.greedy.depth_step`).
 3. Per-segment losses: from the model's stored sensitivity (`squeezefit sensitivity`,
-   untuned per-unit mAP drops, `spaces.greedy.segment_losses`). Without it, no guided
+   untuned per-unit mAP drops, `spaces.greedy.segment_losses`; a depth step's from its depth
+   column, `spaces.greedy.depth_losses`, none without it). Without it, no guided
    starts (said in one line).
 4. The greedy's path (`spaces.greedy.greedy_path`: its policies in order, one ratio step
    at a time), cut where the estimated loss reaches the model's mAP (`spaces.greedy.viable_prefix`:
@@ -51,7 +54,17 @@ from pathlib import Path
 from evaluators.registry import get_device
 from search.checkpoint import load_baseline
 from search.trial import TrialContext, timing_screen
-from spaces.greedy import SegmentCosts, first_fit, greedy_path, segment_losses, viable_prefix
+from spaces.greedy import (
+    DEPTH_GRID,
+    SegmentCosts,
+    depth_losses,
+    depth_step,
+    first_fit,
+    greedy_path,
+    policy_parts,
+    segment_losses,
+    viable_prefix,
+)
 from spaces.policy import Policy
 from spaces.precision import uniform_precisions
 from spaces.pruning import REFERENCE_RATIOS
@@ -125,18 +138,28 @@ def guided_starts(
         log(f"guided starts: {len(starts)}, {fastest} ({base_ms:.2f} ms) already fits the budget{unpruned}.")
         return starts, None
     held = members(segments, [u.name for u in ctx.space.pruning_units])
+    deep = {depth_step(s): units for s, units in members(segments, list(ctx.space.depth_units)).items()}
     log(
         f"guided starts: {fastest} {base_ms:.2f} ms is the fastest; timing {len(held)} segments "
-        f"pruned at {', '.join(f'{r:g}' for r in GRID)} for targets {', '.join(f'{t:.2f}' for t in targets)} ms"
+        f"pruned at {', '.join(f'{r:g}' for r in GRID)}"
+        + (f" and {len(deep)} without their inner blocks" if deep else "")
+        + f" for targets {', '.join(f'{t:.2f}' for t in targets)} ms"
     )
     for name, start in starts.items():
         log(f"  {name}: {start.measured_ms:.2f} ms (target {start.target_ms:.2f}), pruned nothing, {fastest}")
-    savings, base_ms = session.segment_savings(held)
+    savings, base_ms = session.segment_savings(held, deep)
     log(
         f"  unpruned {base_ms:.2f} ms; saved (ms) at {'/'.join(f'{r:g}' for r in GRID)}: "
-        + ", ".join(f"{s} {'/'.join(f'{table[r]:.2f}' for r in GRID)}" for s, table in savings.items())
+        + ", ".join(f"{s} {'/'.join(f'{table[r]:.2f}' for r in GRID)}" for s, table in savings.items() if s in held)
+        + "".join(f"; {s} {savings[s][1.0]:.2f}" for s in deep)
     )
-    losses = segment_losses(sensitivity.base_map, sensitivity.pruning, held, GRID)
+    losses = {
+        **segment_losses(sensitivity.base_map, sensitivity.pruning, held, GRID),
+        **depth_losses(sensitivity.base_map, sensitivity.depth, deep),
+    }
+    if deep and not sensitivity.depth:
+        log(f"  no depth steps: the sensitivity ({path}) has no depth column; run `squeezefit sensitivity` again")
+    held = {**held, **deep}
     whole = greedy_path(savings, losses)
     path = viable_prefix(whole, losses, sensitivity.base_map)
     if len(path) < len(whole):
@@ -250,15 +273,18 @@ class _Session:
         return len(set(self.precisions.values())) == 1
 
     def policy(self, held: Mapping[str, tuple[str, ...]], ratios: Mapping[str, float]) -> Policy:
-        """A start of this session: `ratios` per segment of `held`, the session's precisions and activation."""
+        """A start of this session: `ratios` per segment or depth step of `held` (`spaces.greedy.policy_parts`), the
+        session's precisions and activation."""
         return self._policy(held, ratios, self.precisions, self.activation)
 
     def _policy(self, held, ratios, precisions: Mapping[str, str], activation: str | None) -> Policy:
+        pruning, depth = policy_parts(held, ratios, self.ctx.space.depth_units)
         return Policy(
-            pruning={u: r for s, r in ratios.items() if r > 0 for u in held[s]},
+            pruning=pruning,
             precision=precisions,
             distillation=self.ctx.space.pruned_finetune(activation),
             activation=activation,
+            depth=depth,
         )
 
     def fastest_precisions(self) -> tuple[str, float]:
@@ -295,9 +321,11 @@ class _Session:
                 ms = uniform_ms
         return chosen + (f" with {self.activation}" if self.activation else ""), ms
 
-    def segment_savings(self, held) -> tuple[dict[str, dict[float, float]], float]:
-        """(segment -> {ratio: ms saved}, the unpruned model's ms): one session per segment, its variants timed
-        with the unpruned model, each saving from within its session; the unpruned ms is the sessions' median.
+    def segment_savings(self, held, deep=None) -> tuple[dict[str, dict[float, float]], float]:
+        """(segment or depth step -> {ratio: ms saved}, the unpruned model's ms): one session per segment, its
+        variants (pruned at each ratio of GRID, and without the inner blocks of its depth step in `deep`, depth step
+        -> its depth units) timed with the unpruned model, each saving from within its session; the unpruned ms is
+        the sessions' median.
 
         Small sessions: in one session of every variant (28 artifacts) the per-artifact scatter
         reached +-0.6 ms on a 4.6 ms model, larger than most segments' savings.
@@ -305,9 +333,14 @@ class _Session:
         savings: dict[str, dict[float, float]] = {}
         bases = []
         unpruned = self.policy({}, {})
+        deep = deep or {}
         for segment in held:
-            base, *pruned = self.time_policies([unpruned] + [self.policy(held, {segment: r}) for r in GRID])
-            savings[segment] = {r: base - ms for r, ms in zip(GRID, pruned, strict=True)}
+            step = depth_step(segment)
+            shallow = [self.policy(deep, {step: r}) for r in DEPTH_GRID] if step in deep else []
+            base, *pruned = self.time_policies([unpruned, *(self.policy(held, {segment: r}) for r in GRID), *shallow])
+            savings[segment] = {r: base - ms for r, ms in zip(GRID, pruned[: len(GRID)], strict=True)}
+            if shallow:
+                savings[step] = {r: base - ms for r, ms in zip(DEPTH_GRID, pruned[len(GRID) :], strict=True)}
             bases.append(base)
         return savings, statistics.median(bases)
 

@@ -35,6 +35,7 @@ from search.study import StudyConfig, study_record
 from search.trial import TrialContext, build_screen, time_artifact
 from search.variants import Variant, convert_baseline
 from spaces.activation import check_activation
+from spaces.depth import depth_units
 from spaces.greedy import SegmentCosts
 from spaces.importance import get_criterion
 from spaces.onnx_export import export_onnx, precision_units
@@ -76,6 +77,7 @@ class Prepared:
             "offered": list(ctx.space.offered),
             "fastest_precision": ctx.space.fastest_precision(),
             "segments": [s.to_list() for s in ctx.space.segments],
+            "depth_units": dict(ctx.space.depth_units),
             "dimensions": ctx.space.dimensions(),
             "guided_starts": {name: start.to_dict() for name, start in self.starts.items()},
             **({"segment_costs": self.costs.to_dict()} if self.costs is not None else {}),
@@ -130,6 +132,7 @@ def setup_digest(config: StudyConfig, checkpoint: Path) -> str:
             "scheduler",
             "asha_reduction_factor",
             "repair",
+            "depth",
         )
     }
     digest = hashlib.sha256(json.dumps({**settings, "storage": config.storage_url}, sort_keys=True).encode())
@@ -186,6 +189,7 @@ def prepare(
         # a resumed study keeps the references it was created with (a record without one: the speed order)
         fastest=record.get("fastest_precision", "") if record is not None else device.fastest_precision,
         activations=config.activations,
+        depth_units=_depth_units(config, model, record),
     )
     timing = TimingSettings(min_seconds=config.latency_min_seconds)
     if record is not None:
@@ -232,6 +236,14 @@ def _segments(config: StudyConfig, model, record: dict | None) -> tuple[Segment,
     return graph_segments(model, config.imgsz) if config.space == "segments" else ()
 
 
+def _depth_units(config: StudyConfig, model, record: dict | None) -> dict[str, int]:
+    """The blocks a policy may make shallower (`spaces.depth.depth_units`): a resumed study's recorded ones (none in a
+    record from before depth was searched: it keeps its space), else the model's where `config.depth` allows."""
+    if record is not None:
+        return dict(record.get("depth_units", {}))
+    return depth_units(model) if config.depth else {}
+
+
 def stored_context(study, storage_url: str) -> TrialContext:
     """The trial context of a stored study, for work on its trials after the search (no timing, no starts).
 
@@ -244,8 +256,8 @@ def stored_context(study, storage_url: str) -> TrialContext:
 
 
 def check_budget(ctx: TrialContext, model=None) -> float:
-    """p50 (ms, on the study's scale) of the fastest corner of the space: every unit at the largest ratio, at each
-    offered precision, with each offered activation; UserError if it is over `ctx.budget_ms` (an impossible budget).
+    """p50 (ms, on the study's scale) of the fastest corner of the space: every unit at the largest ratio and with
+    every inner block removed, at each offered precision, with each offered activation; UserError if it is over `ctx.budget_ms` (an impossible budget).
 
     Every precision is measured, not assumed: on a small pruned model INT8's Q/DQ overhead
     can make it slower than FP32. The artifacts are the trials' own screen artifacts.
@@ -266,7 +278,10 @@ def _fastest_latency(ctx: TrialContext, device, model) -> float:
     latencies = []
     for precision, activation in itertools.product(space.offered, (None, *space.activations)):
         policy = Policy(
-            pruning=ratios, precision=uniform_precisions(space.precision_units, precision), activation=activation
+            pruning=ratios,
+            precision=uniform_precisions(space.precision_units, precision),
+            activation=activation,
+            depth=space.depth_units,
         )
         path = Path(ctx.outdir) / f"fastest-{precision}{f'-{activation}' if activation else ''}.onnx"
         _, _, screen = build_screen(policy, ctx, device.recipe_for(), path, baseline=model)

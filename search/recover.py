@@ -317,6 +317,7 @@ def _prune_iteratively(
         imgsz=ctx.imgsz,
         importance=ctx.pruning_importance,
         round_to=ctx.pruning_round_to,
+        depth=policy.depth,
     )
     share, extra = divmod(distillation.epochs, settings.prune_steps)
     epoch_maps: list[float] = []

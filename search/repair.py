@@ -15,7 +15,8 @@ the nearest policy that fits — the proposal's precisions and fine-tune, pruned
    and timed against the study's reference; over the budget, the estimate is corrected by
    what it missed and the next fitting point is timed, up to `ROUNDS` timings.
 
-A unit of a stepped segment takes the larger of its own ratio and the segment's. The trial
+A unit of a stepped segment takes the larger of its own ratio and the segment's; a depth step
+(`spaces.greedy.depth_step`) removes its units' inner blocks. The trial
 keeps the proposal's Optuna parameters and scores the repaired policy, so to the sampler the
 objective of a proposal is that of its repair: deterministic (the timings are cached by
 structure), and feasible where a repair exists. References and guided starts are never
@@ -34,7 +35,7 @@ from evaluators.registry import get_device
 from search.guided import BUDGET_MARGIN
 from search.trial import TrialContext, evaluate_policy, time_artifact, timing_screen
 from search.trial_result import TrialResult
-from spaces.greedy import SegmentCosts, estimated_ms, greedy_path
+from spaces.greedy import DEPTH_SUFFIX, SegmentCosts, estimated_ms, greedy_path, policy_parts
 from spaces.policy import Policy
 
 ROUNDS = 3
@@ -58,19 +59,32 @@ class Repaired:
     timed_ms: tuple[float, ...]
 
 
-def segment_ratios(policy: Policy, held: Mapping[str, tuple[str, ...]]) -> dict[str, float]:
-    """segment -> the least pruning ratio among its units in `policy` (0 where one is unpruned)."""
-    return {s: min((float(policy.pruning.get(u, 0.0)) for u in units), default=0.0) for s, units in held.items()}
+def segment_ratios(
+    policy: Policy, held: Mapping[str, tuple[str, ...]], depth_units: Mapping[str, int]
+) -> dict[str, float]:
+    """segment -> the least pruning ratio among its units in `policy` (0 where one is unpruned); depth step -> 1.0
+    where `policy` removes every inner block of its units (`depth_units`: their counts), else 0."""
+    ratios = {}
+    for step, units in held.items():
+        if step.endswith(DEPTH_SUFFIX):
+            ratios[step] = float(all(policy.depth.get(u, 0) >= depth_units[u] for u in units))
+        else:
+            ratios[step] = min((float(policy.pruning.get(u, 0.0)) for u in units), default=0.0)
+    return ratios
 
 
-def shaved(policy: Policy, held: Mapping[str, tuple[str, ...]], ratios: Mapping[str, float]) -> Policy:
-    """`policy` with every unit of each segment pruned at least at the segment's ratio in `ratios`."""
-    pruning = dict(policy.pruning)
-    for segment, ratio in ratios.items():
-        for unit in held[segment]:
-            if ratio > pruning.get(unit, 0.0):
-                pruning[unit] = ratio
-    return replace(policy, pruning=pruning)
+def shaved(
+    policy: Policy, held: Mapping[str, tuple[str, ...]], ratios: Mapping[str, float], depth_units: Mapping[str, int]
+) -> Policy:
+    """`policy` with every unit of each segment pruned at least at the segment's ratio in `ratios`, and removing at
+    least the inner blocks of each depth step there (`spaces.greedy.policy_parts`)."""
+    pruning, depth = dict(policy.pruning), dict(policy.depth)
+    more_pruning, more_depth = policy_parts(held, ratios, depth_units)
+    for unit, ratio in more_pruning.items():
+        pruning[unit] = max(ratio, pruning.get(unit, 0.0))
+    for unit, removed in more_depth.items():
+        depth[unit] = max(removed, depth.get(unit, 0))
+    return replace(policy, pruning=pruning, depth=depth)
 
 
 def repair_policy(
@@ -80,7 +94,7 @@ def repair_policy(
 
     Timing-only screens are built under `<ctx.outdir>/repair/`.
     """
-    start = segment_ratios(policy, costs.held)
+    start = segment_ratios(policy, costs.held, ctx.space.depth_units)
     path = greedy_path(costs.savings, costs.losses, start=start)
     if not path:
         return Repaired(None, ())
@@ -97,7 +111,7 @@ def repair_policy(
         index = next((i for i in range(after + 1, len(path)) if estimates[i] <= target), len(path) - 1)
         if index <= after:
             break
-        candidate = shaved(policy, costs.held, path[index])
+        candidate = shaved(policy, costs.held, path[index], ctx.space.depth_units)
         ms = time_artifact(device, timing_screen(candidate, ctx, recipe, folder), ctx).latency_ms
         timed.append(round(ms, 4))
         steps = ", ".join(f"{s} {r:g}" for s, r in path[index].items() if r > start[s])

@@ -1,4 +1,5 @@
-"""Sensitivity analysis: measure how much mAP each unit loses when it alone is pruned, or alone is INT8.
+"""Sensitivity analysis: measure how much mAP each unit loses when it alone is pruned, alone is INT8, or alone
+loses its inner blocks.
 
 This is the first thing a practitioner measures before pruning (the data it produces, and
 what the search derives from it, are in `spaces.sensitivity`). Every point is a real
@@ -8,7 +9,7 @@ first `max_images` images, a fidelity knob). The reference is the unpruned FP32 
 mAP, exported and measured once.
 
 Cost: one apply_pruning + export + validation per (unit, ratio), one INT8 build +
-validation per unit; about 5 s per point for YOLO11n at 192 px on 64 images, 1 CPU thread.
+validation per unit, one export + validation per depth unit; about 5 s per point for YOLO11n at 192 px on 64 images, 1 CPU thread.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from evaluators.accuracy import measure_accuracy
 from evaluators.paths import runs_dir
 from evaluators.vocabulary import Int8Recipe, UserError
+from spaces.depth import depth_units
 from spaces.onnx_export import detection_model, export_onnx, precision_units
 from spaces.precision import build_artifact
 from spaces.pruning import MAX_RATIO, apply_pruning, pruning_units
@@ -45,8 +47,10 @@ def analyze_sensitivity(
     runtime: str = "onnxruntime",
     workdir: str | Path | None = None,
     progress: bool = True,
+    depth: bool = True,
 ) -> Sensitivity:
-    """Measure the mAP50-95 of `model` with one unit pruned (at each ratio) or INT8 at a time.
+    """Measure the mAP50-95 of `model` with one unit pruned (at each ratio), INT8, or (`depth`, for a unit with
+    inner blocks, `spaces.depth`) without its inner blocks at a time.
 
     model: a DetectionModel or YOLO (not modified). importance / round_to: as in
     `apply_pruning` (a study passes its `pruning_importance` / `pruning_round_to`). units: a subset of unit names (default:
@@ -80,6 +84,7 @@ def analyze_sensitivity(
         return result.map50_95
 
     prunable = [u.name for u in pruning_units(det)]
+    shallow = depth_units(det) if depth else {}
     base_path = export_onnx(det, workdir / "base.onnx", imgsz=imgsz, names=names)
     graph_units = set(precision_units(base_path))
     chosen = list(prunable) if units is None else list(dict.fromkeys(units))
@@ -92,6 +97,7 @@ def analyze_sensitivity(
 
     pruned_maps: dict[str, dict[float, float]] = {}
     int8_maps: dict[str, float] = {}
+    depth_maps: dict[str, float] = {}
     point = workdir / "point.onnx"
     for unit in chosen:
         unit_start = time.perf_counter()
@@ -112,10 +118,16 @@ def analyze_sensitivity(
                 recipe=recipe,
             )
             int8_maps[unit] = measure(point)
+        if unit in shallow:
+            without = apply_pruning(det, {}, imgsz=imgsz, depth={unit: shallow[unit]})
+            export_onnx(without.model, point, imgsz=imgsz, names=names)
+            depth_maps[unit] = measure(point)
         if progress:
             cells = [f"prune {r:g}: {m:.4f} ({m - base_map:+.4f})" for r, m in pruned_maps.get(unit, {}).items()]
             if unit in int8_maps:
                 cells.append(f"int8: {int8_maps[unit]:.4f} ({int8_maps[unit] - base_map:+.4f})")
+            if unit in depth_maps:
+                cells.append(f"no inner blocks: {depth_maps[unit]:.4f} ({depth_maps[unit] - base_map:+.4f})")
             print(f"  {unit:<10} {' | '.join(cells)}  [{time.perf_counter() - unit_start:.1f} s]", flush=True)
     settings = SensitivitySettings(
         imgsz=int(imgsz),
@@ -130,7 +142,9 @@ def analyze_sensitivity(
         runtime=runtime,
         data=str(Path(data_yaml).resolve()),
     )
-    return Sensitivity(base_map, pruned_maps, int8_maps, settings, model_fingerprint(det), time.perf_counter() - start)
+    return Sensitivity(
+        base_map, pruned_maps, int8_maps, settings, model_fingerprint(det), time.perf_counter() - start, depth_maps
+    )
 
 
 def _remove_artifact(path: Path) -> None:

@@ -41,6 +41,8 @@ class StudyConfig:
     many channels (None: any count). Both apply to the trials and to `squeezefit sensitivity`.
     address: the Ray cluster (HOST:PORT, or "auto" for RAY_ADDRESS) the search runs on, its
     device measured on the node holding `device:<device>` (`search.cluster`); None: a local Ray.
+    depth: whether a policy may remove the inner blocks of the model's C3k2/C2f/C2PSA blocks (`spaces.depth`: one
+    more parameter per segment, or per such block), and the guided starts step through them.
     space: "segments" (the default: one ratio and one precision per contiguous segment of the graph,
     `spaces.segments`: far fewer dimensions, no precision islands) or "per-unit" (a ratio and a precision per unit).
     retries: how many times Ray restarts a trial whose process or node died (from the start:
@@ -96,6 +98,7 @@ class StudyConfig:
     repair: bool = True
     activations: tuple[str, ...] = ()
     activation_epochs: int = 10
+    depth: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))

@@ -137,9 +137,15 @@ def start_model(policy: Policy, ctx: TrialContext, baseline=None, *, weights: bo
 
 
 def prune(baseline, policy: Policy, ctx: TrialContext):
-    """`spaces.pruning.apply_pruning` of the loaded baseline with the study's importance and round_to."""
+    """`spaces.pruning.apply_pruning` of the loaded baseline (its depth and channels) with the study's importance
+    and round_to."""
     return apply_pruning(
-        baseline, policy.pruning, imgsz=ctx.imgsz, importance=ctx.pruning_importance, round_to=ctx.pruning_round_to
+        baseline,
+        policy.pruning,
+        imgsz=ctx.imgsz,
+        importance=ctx.pruning_importance,
+        round_to=ctx.pruning_round_to,
+        depth=policy.depth,
     )
 
 

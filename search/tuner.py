@@ -191,7 +191,9 @@ def run_search(
     print(
         f"study {name!r}: {remaining} trial(s) to run ({done} done) on {ctx.device}, budget {ctx.budget_ms:.2f} ms "
         f"(baseline FP32 {prepared.baseline_latency_ms:.2f} ms); {config.space} space of {dims['total']} dimensions "
-        f"({dims['prune']} ratios, {dims['precision']} precisions, {dims['distill']} fine-tune"
+        f"({dims['prune']} ratios, {dims['precision']} precisions"
+        + (f", {dims['depth']} depths" if dims.get("depth") else "")
+        + f", {dims['distill']} fine-tune"
         + (f", {dims['model']} activation" if dims.get("model") else "")
         + ")"
         + ("; a sampled policy over the budget is repaired" if repair else ""),

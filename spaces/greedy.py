@@ -17,6 +17,11 @@ by adding the savings up: neighbouring segments share a convolution, so summed s
 over-promise, and more so the deeper the pruning. The additive estimate (`estimated_ms`)
 only picks the first point to time (`first_fit`).
 
+A segment with depth units (`spaces.depth`) has a second kind of step, `<segment>/depth` (`depth_step`):
+removing every inner block of its units, a table with the one grid point 1.0 (its saving
+measured the same way, its loss the sensitivity's depth drops). `policy_parts` turns a
+point of the path into a policy's pruning ratios and depth.
+
 The same path, started from a sampled policy's ratios instead of the unpruned model
 (`greedy_path(..., start=...)`), repairs a policy over the budget (`search.repair`).
 `SegmentCosts` holds the tables with the segments' units, as a study stores them.
@@ -27,6 +32,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+DEPTH_SUFFIX = "/depth"
+"""A greedy step `<segment>/depth` removes every inner block of the segment's depth units; 1.0 on its grid: removed."""
+DEPTH_GRID = (1.0,)
+"""The grid of a depth step: 0 keeps the inner blocks, 1 removes them all."""
 
 LOSS_FLOOR = 1e-3
 """A step's estimated loss is at least this (mAP50-95): a free step is very good, not infinitely good."""
@@ -55,6 +65,41 @@ def segment_losses(
     return losses
 
 
+def depth_step(segment: str) -> str:
+    """The name of `segment`'s depth step in the greedy's tables."""
+    return segment + DEPTH_SUFFIX
+
+
+def depth_losses(
+    base_map: float, unit_maps: Mapping[str, float], held: Mapping[str, Sequence[str]]
+) -> dict[str, dict[float, float]]:
+    """depth step -> {1.0: estimated mAP50-95 lost with every inner block of its units removed}: the sum of the units'
+    drops (`Sensitivity.depth`: unit -> mAP50-95 without its inner blocks; a negative drop counts as 0). held: depth
+    step -> its depth units; a step with a unit never measured gets no loss, so the greedy never takes it."""
+    return {
+        step: {1.0: sum(max(0.0, base_map - unit_maps[u]) for u in units)}
+        for step, units in held.items()
+        if units and all(u in unit_maps for u in units)
+    }
+
+
+def policy_parts(
+    held: Mapping[str, Sequence[str]], ratios: Mapping[str, float], depth_units: Mapping[str, int]
+) -> tuple[dict[str, float], dict[str, int]]:
+    """(pruning unit -> ratio, depth unit -> inner blocks removed) of a point of the greedy's path: each segment's
+    ratio for its units, each depth step at 1 removing all of its units' inner blocks (`depth_units`: their counts)."""
+    pruning: dict[str, float] = {}
+    depth: dict[str, int] = {}
+    for step, value in ratios.items():
+        if value <= 0:
+            continue
+        if step.endswith(DEPTH_SUFFIX):
+            depth.update({u: depth_units[u] for u in held[step]})
+        else:
+            pruning.update(dict.fromkeys(held[step], value))
+    return pruning, depth
+
+
 def _unit_drop(base_map: float, maps: Mapping[float, float] | None, ratio: float) -> float:
     if not maps:
         return base_map * ratio
@@ -69,7 +114,8 @@ def _unit_drop(base_map: float, maps: Mapping[float, float] | None, ratio: float
 @dataclass(frozen=True)
 class SegmentCosts:
     """The greedy's inputs as measured for one study: segment -> {grid ratio: ms saved} (`savings`), segment ->
-    {grid ratio: estimated mAP50-95 lost} (`losses`), and segment -> the pruning units it holds (`held`)."""
+    {grid ratio: estimated mAP50-95 lost} (`losses`), and segment -> the pruning units it holds (`held`); a depth
+    step (`depth_step`) has its row in each, holding the segment's depth units."""
 
     savings: Mapping[str, Mapping[float, float]]
     losses: Mapping[str, Mapping[float, float]]

@@ -20,6 +20,7 @@ import yaml
 
 from evaluators.vocabulary import PRECISIONS, Int8Recipe, UserError
 from spaces.activation import check_activation
+from spaces.depth import check_depth
 from spaces.distillation import DistillationSettings
 from spaces.pruning import MAX_RATIO
 
@@ -33,6 +34,8 @@ class Policy:
     activation: the activation the convolutions run with instead of their SiLU (`spaces.activation`), or None
     for the model's own. Only a named activation is part of the policy's dict, so the ids of policies that keep
     the model's activations do not depend on this field.
+    depth: depth unit -> how many of its inner blocks are removed, the last ones (`spaces.depth`; unnamed units:
+    none; 0s are dropped). Like the activation, only a non-empty depth is part of the policy's dict.
     """
 
     pruning: Mapping[str, float] = field(default_factory=dict)
@@ -40,6 +43,7 @@ class Policy:
     distillation: DistillationSettings = field(default_factory=DistillationSettings)
     recipe: Int8Recipe | None = None
     activation: str | None = None
+    depth: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.activation is not None:
@@ -52,6 +56,10 @@ class Policy:
         for unit, precision in self.precision.items():
             if precision not in PRECISIONS:
                 raise UserError(f"precision {precision!r} for unit {unit!r} is not one of {', '.join(PRECISIONS)}.")
+        for unit, removed in self.depth.items():
+            if isinstance(removed, bool) or not isinstance(removed, numbers.Integral) or removed < 0:
+                raise UserError(f"inner blocks removed {removed!r} for unit {unit!r} is not a count (0, 1, ...).")
+        object.__setattr__(self, "depth", {k: int(v) for k, v in sorted(self.depth.items()) if v})
         # A ratio of 0 means the same as not naming the unit; dropping it keeps one id per policy.
         ratios = {k: round(float(v), 4) for k, v in sorted(self.pruning.items())}
         object.__setattr__(self, "pruning", {k: v for k, v in ratios.items() if v > 0.0})
@@ -64,6 +72,7 @@ class Policy:
             "distillation": self.distillation.to_dict(),
             "recipe": self.recipe.to_dict() if self.recipe else None,
             **({"activation": self.activation} if self.activation else {}),
+            **({"depth": dict(self.depth)} if self.depth else {}),
         }
 
     @classmethod
@@ -76,10 +85,11 @@ class Policy:
                 distillation=DistillationSettings(**(data.get("distillation") or {})),
                 recipe=Int8Recipe.from_dict(recipe) if recipe else None,
                 activation=data.get("activation"),
+                depth=dict(data.get("depth") or {}),
             )
         except (TypeError, AttributeError) as exc:
             raise UserError(
-                f"a policy must be a mapping of pruning, precision, distillation, recipe and activation ({exc})."
+                f"a policy must be a mapping of pruning, precision, distillation, recipe, activation and depth ({exc})."
             ) from None
 
     @property
@@ -110,9 +120,12 @@ class Policy:
         precision_units: Iterable[str],
         offered: Iterable[str],
         activations: Iterable[str] = (),
+        depth_units: Mapping[str, int] | None = None,
     ) -> None:
-        """Raise `UserError` if the policy names a unit the model lacks, a precision the device can't run, or an
-        activation the study does not offer (`activations`: those it converted its baseline to)."""
+        """Raise `UserError` if the policy names a unit the model lacks, a precision the device can't run, an
+        activation the study does not offer (`activations`: those it converted its baseline to), or more inner
+        blocks than a unit has (`depth_units`: `spaces.depth.depth_units` of the model)."""
+        check_depth(self.depth, depth_units or {})
         if self.activation is not None and self.activation not in set(activations):
             raise UserError(
                 f"the policy runs the model with {self.activation}, which the study does not offer "

@@ -51,7 +51,9 @@ from spaces.channel_groups import (
     trace_inputs,
     unit_kind,
     unit_name,
+    within,
 )
+from spaces.depth import remove_inner_blocks
 from spaces.importance import Criterion, get_criterion
 from spaces.params import FloatRange, Param
 
@@ -129,6 +131,7 @@ def apply_pruning(
     round_to: int | None = 8,
     granularity: str = "block",
     example_batch: Mapping[str, torch.Tensor] | None = None,
+    depth: Mapping[str, int] | None = None,
 ) -> PrunedModel:
     """Prune a copy of `model`; the input model is left untouched.
 
@@ -141,6 +144,9 @@ def apply_pruning(
         the loss's diagonal Hessian, empirical Fisher). A criterion that needs gradients gets them
         from `example_batch` (see `spaces.importance`; None: random images and boxes).
     round_to: kept channels are a multiple of this (None: any count).
+    depth: depth unit -> inner blocks removed (`spaces.depth`), before the channels are pruned; a ratio of a
+        unit inside a removed inner block (layer granularity) is ignored. MACs and params before are the model's
+        with every block.
 
     The returned model is in the input's train/eval mode, has `model.args` set to a full
     Ultralytics config (the detection loss reads it), and saves with `torch.save(model)`.
@@ -155,6 +161,7 @@ def apply_pruning(
         round_to=round_to,
         granularity=granularity,
         example_batch=example_batch,
+        depth=depth,
     )
     return pruning.step()
 
@@ -168,7 +175,8 @@ class IterativePruning:
     steps (e.g. `model.load_state_dict(tuned.state_dict())`) prunes by the trained weights.
     After the last step the channel counts, MACs and params are exactly `apply_pruning`'s
     one-shot result for the same ratios (the structure, hence the latency, of the policy);
-    which channels are kept may differ. Arguments as in `apply_pruning`; steps >= 1.
+    which channels are kept may differ. Arguments as in `apply_pruning`; steps >= 1. The `depth` is removed
+    at construction, before the first step.
     """
 
     def __init__(
@@ -182,6 +190,7 @@ class IterativePruning:
         round_to: int | None = 8,
         granularity: str = "block",
         example_batch: Mapping[str, torch.Tensor] | None = None,
+        depth: Mapping[str, int] | None = None,
     ):
         check_granularity(granularity)
         if steps < 1:
@@ -192,6 +201,12 @@ class IterativePruning:
         self.model = prepare_model(model)
         self.steps, self.done = steps, 0
         self.imgsz, self.example_batch = imgsz, example_batch
+        self._image = torch.zeros(1, 3, imgsz, imgsz, device=next(self.model.parameters()).device)
+        with traceable(self.model):
+            self._base_macs, self._base_params = tp.utils.count_ops_and_params(self.model, self._image)
+        if depth:
+            gone = remove_inner_blocks(self.model, depth)
+            ratios = {unit: r for unit, r in ratios.items() if not within(unit, gone)}
         with traceable(self.model):
             self._build(ratios, round_to, granularity)
 
@@ -200,8 +215,6 @@ class IterativePruning:
         self._by_unit = _by_unit(groups, granularity, head_scales(self.model))
         self.ratios = _checked_ratios(ratios, list(self._by_unit))
         self._producers = {group.layer: group.members[0] for group in groups}
-        self._image = torch.zeros(1, 3, self.imgsz, self.imgsz, device=next(self.model.parameters()).device)
-        self._base_macs, self._base_params = tp.utils.count_ops_and_params(self.model, self._image)
 
         ratio_dict: dict[nn.Module, float] = {}
         for unit, unit_groups in self._by_unit.items():

@@ -1,4 +1,5 @@
-"""Sensitivity: how much mAP each unit loses when it alone is pruned, or alone is INT8 — the data.
+"""Sensitivity: how much mAP each unit loses when it alone is pruned, alone is INT8, or alone loses its inner
+blocks — the data.
 
 Per unit (a `model.<i>` block, see `spaces.pruning`): the validation mAP50-95 of the model
 with only that unit pruned at a few ratios, and with only that unit in INT8 (everything
@@ -20,7 +21,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evaluators.vocabulary import Int8Recipe, UserError
@@ -75,6 +76,8 @@ class Sensitivity:
     pruning: unit -> {ratio: mAP50-95 with only that unit pruned at that ratio}.
     int8: unit -> mAP50-95 with only that unit INT8 (empty when not measured).
     fingerprint: `model_fingerprint` of the model measured. seconds: wall time of the analysis.
+    depth: depth unit -> mAP50-95 with only that unit's inner blocks removed, all of them (`spaces.depth`; empty
+    when not measured: a record from before depth was measured).
     """
 
     base_map: float
@@ -83,6 +86,7 @@ class Sensitivity:
     settings: SensitivitySettings
     fingerprint: str
     seconds: float = 0.0
+    depth: Mapping[str, float] = field(default_factory=dict)
 
     def drop(self, unit: str, ratio: float) -> float:
         """mAP50-95 lost (base - pruned; negative when pruning happened to help)."""
@@ -100,6 +104,7 @@ class Sensitivity:
             "settings": self.settings.to_dict(),
             "fingerprint": self.fingerprint,
             "seconds": self.seconds,
+            "depth": dict(self.depth),
         }
 
     @classmethod
@@ -112,6 +117,7 @@ class Sensitivity:
                 settings=SensitivitySettings.from_dict(data["settings"]),
                 fingerprint=str(data["fingerprint"]),
                 seconds=float(data.get("seconds", 0.0)),
+                depth={u: float(m) for u, m in data.get("depth", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(
@@ -140,13 +146,14 @@ class Sensitivity:
         return result
 
     def table(self) -> str:
-        """A plain-text table: unit, mAP drop per ratio, INT8 drop."""
-        units = list(dict.fromkeys([*self.pruning, *self.int8]))
+        """A plain-text table: unit, mAP drop per ratio, INT8 drop, drop without the inner blocks."""
+        units = list(dict.fromkeys([*self.pruning, *self.int8, *self.depth]))
         ratios = self.settings.ratios
         head = (
             f"{'unit':<10}"
             + "".join(f"{'prune ' + format(r, 'g'):>12}" for r in ratios)
             + (f"{'int8':>10}" if self.int8 else "")
+            + (f"{'no inner':>10}" if self.depth else "")
         )
         rows = [f"base mAP50-95 {self.base_map:.4f}; drops below (base - measured)", head]
         for unit in units:
@@ -155,6 +162,8 @@ class Sensitivity:
             )
             if self.int8:
                 cells += f"{self.int8_drop(unit):>10.4f}" if unit in self.int8 else f"{'-':>10}"
+            if self.depth:
+                cells += f"{self.base_map - self.depth[unit]:>10.4f}" if unit in self.depth else f"{'-':>10}"
             rows.append(f"{unit:<10}{cells}")
         return "\n".join(rows)
 

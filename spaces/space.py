@@ -15,6 +15,9 @@ declarations, so they cannot disagree:
   `policy` (for `enqueue_trial` or `FixedTrial`);
 - `replay(policy)` adds the distributions they are recorded with (for `create_trial`).
 
+Where the model has blocks with inner blocks (`depth_units`, `spaces.depth`), an int per such block
+(`depth.<unit>`, after the precisions) says how many of them a policy removes.
+
 `reference_policies()` are the named points every study evaluates first (what users do by
 hand): the model at FP32 and at each offered precision everywhere, and uniform pruning at
 REFERENCE_RATIOS with the fastest offered precision.
@@ -22,7 +25,8 @@ REFERENCE_RATIOS with the fastest offered precision.
 A structured space (`segments` given, see `spaces.segments`) asks one ratio
 (`prune.<segment>`) and one precision (`precision.<segment>`, over the segments'
 `precision_segments`: the block reading the image on its own) per segment instead of per
-unit; every unit of a segment takes its values, so a policy is uniform inside each segment.
+unit, and one depth (`depth.<segment>`) per segment holding a depth unit; every unit of a segment takes its
+values (a depth capped at the unit's inner blocks), so a policy is uniform inside each segment.
 The policy is still per unit, and the uniform references are in both spaces.
 
 A study that offers activations (`spaces.activation`) adds `model.activation`, asked first:
@@ -41,6 +45,7 @@ from optuna.distributions import BaseDistribution
 
 from evaluators.vocabulary import PRECISIONS, UserError
 from spaces.activation import KEEP, SWAPPED_FINETUNE_LR0, activation_params
+from spaces.depth import depth_params, segment_depth_params
 from spaces.distillation import DistillationSettings, distillation_params
 from spaces.params import Params
 from spaces.policy import Policy
@@ -69,6 +74,8 @@ class SearchSpace:
         the pruned reference policies; "" (or one not offered): the first offered of int8, bf16, fp16, fp32.
     activations: activations a policy may swap the model's SiLUs for (`spaces.activation`); the study has
         converted its baseline to each. Empty: every policy keeps the model's own.
+    depth_units: depth unit -> its inner blocks (`spaces.depth.depth_units`): the blocks a policy may make
+        shallower. Empty: no policy removes any.
 
     Raises UserError on construction when fp32 is not offered, or when a declaration
     rejects its range (a ratio range outside [0, MAX_RATIO), an unknown unit, an unknown precision).
@@ -84,6 +91,7 @@ class SearchSpace:
     segments: tuple[Segment, ...] = ()
     fastest: str = ""
     activations: tuple[str, ...] = ()
+    depth_units: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.offered:
@@ -99,19 +107,21 @@ class SearchSpace:
             knobs = (
                 *segment_ratio_params(self.segments, units, self.ratio_range, self.ratio_ranges),
                 *segment_precision_params(precision_segments(self.segments), self.precision_units, self.offered),
+                *segment_depth_params(members(self.segments, list(self.depth_units)), self.depth_units),
             )
         else:
             knobs = (
                 *ratio_params(self.pruning_units, self.ratio_range, self.ratio_ranges),
                 *precision_params(self.precision_units, self.offered),
+                *depth_params(self.depth_units),
             )
         return Params(
             (*activation_params(self.activations), *knobs, *distillation_params(self.max_epochs, self.teachers))
         )
 
     def dimensions(self) -> dict[str, int]:
-        """How many parameters the space searches, per knob ("prune", "precision", "distill", and "model" where
-        activations are offered) and in all ("total")."""
+        """How many parameters the space searches, per knob ("prune", "precision", "distill", "depth" where the
+        model has depth units, and "model" where activations are offered) and in all ("total")."""
         counts = {"prune": 0, "precision": 0, "distill": 0}
         for param in self.parameters():
             knob = param.name.split(".", 1)[0]
@@ -151,6 +161,7 @@ class SearchSpace:
         by_knob = (
             ("prune", self.segments, [u.name for u in self.pruning_units]),
             ("precision", precision_segments(self.segments), self.precision_units),
+            ("depth", self.segments, list(self.depth_units)),
         )
         for knob, segments, units in by_knob:
             for name, unit_names in members(segments, units).items():
@@ -158,12 +169,14 @@ class SearchSpace:
         return held
 
     def _per_unit(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """`values` of the space's parameters as per-unit values (a segment's value for each of its units)."""
+        """`values` of the space's parameters as per-unit values (a segment's value for each of its units, a depth
+        capped at the unit's inner blocks)."""
         held = self._held()
         out: dict[str, Any] = {}
         for name, value in values.items():
             for key in held.get(name, (name,)):
-                out[key] = value
+                knob, unit = key.split(".", 1)
+                out[key] = min(value, self.depth_units[unit]) if knob == "depth" else value
         return out
 
     def fastest_precision(self) -> str:
@@ -206,7 +219,8 @@ class SearchSpace:
 
 
 # A parameter `<knob>.<key>` sets `key` of one part of a Policy: the ratio or precision of
-# unit `key`, the DistillationSettings field `key`, or (knob "model") the policy's activation.
+# unit `key`, the DistillationSettings field `key`, the inner blocks of unit `key` removed (knob "depth"), or
+# (knob "model") the policy's activation.
 
 
 def _values(params: Params, policy: Policy, held: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
@@ -220,6 +234,7 @@ def _values(params: Params, policy: Policy, held: Mapping[str, tuple[str, ...]])
         "prune": policy.pruning,
         "precision": policy.precision,
         "distill": policy.distillation.to_dict(),
+        "depth": policy.depth,
     }
     values = {}
     for param in params:
@@ -230,7 +245,7 @@ def _values(params: Params, policy: Policy, held: Mapping[str, tuple[str, ...]])
 
 def _policy(values: Mapping[str, Any]) -> Policy:
     """The policy whose parameters have `values` (one per declared parameter)."""
-    parts: dict[str, dict[str, Any]] = {"model": {}, "prune": {}, "precision": {}, "distill": {}}
+    parts: dict[str, dict[str, Any]] = {"model": {}, "prune": {}, "precision": {}, "distill": {}, "depth": {}}
     for name, value in values.items():
         knob, key = name.split(".", 1)
         parts[knob][key] = value
@@ -240,4 +255,5 @@ def _policy(values: Mapping[str, Any]) -> Policy:
         precision=parts["precision"],
         distillation=DistillationSettings(**parts["distill"]),
         activation=None if activation == KEEP else activation,
+        depth=parts["depth"],
     )

@@ -68,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="score a sampled policy over the budget as infeasible instead of shaving it until it fits",
     )
+    parser.add_argument(
+        "--no-depth",
+        dest="depth",
+        action="store_false",
+        default=None,
+        help="search channels only: never remove the inner blocks of C3k2/C2PSA blocks",
+    )
     parser.add_argument("--resume", action="store_true", help="continue a stopped study of the same name")
     parser.add_argument("--no-early-stop", action="store_true", help="never stop a fine-tune early")
     parser.add_argument(

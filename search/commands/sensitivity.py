@@ -1,4 +1,5 @@
-"""`squeezefit sensitivity`: per-unit mAP drop when only that unit is pruned or INT8, stored with the model."""
+"""`squeezefit sensitivity`: per-unit mAP drop when only that unit is pruned, INT8 or without its inner blocks, stored
+with the model."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 
 from search.commands import add_config_argument
 
-HELP = "Measure each unit's sensitivity to pruning and INT8 (no fine-tuning) and store it next to the model."
+HELP = (
+    "Measure each unit's sensitivity to pruning, INT8 and removing its inner blocks (no fine-tuning) and store it "
+    "next to the model."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-images", type=int, default=64, help="validate on the first N val images (default 64)")
     parser.add_argument("--no-int8", action="store_true", help="skip the INT8 point of each unit")
+    parser.add_argument("--no-depth", action="store_true", help="skip the point without each block's inner blocks")
     parser.add_argument("--units", nargs="+", help="only these units (default: every pruning unit)")
 
 
@@ -48,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         importance=config.pruning_importance,
         round_to=config.pruning_round_to,
         runtime=device.accuracy_runtime,
+        depth=not args.no_depth,
     )
     path = result.save(sensitivity_path(checkpoint))
     print(result.table())

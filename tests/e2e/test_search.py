@@ -40,6 +40,12 @@ def test_trials_reach_their_designed_states(smoke_study):
             assert Path(attrs["weights"]).is_file() and attrs["latency_ms"] <= budget
     references = {t.user_attrs.get("reference") for t in trials} - {None}
     assert {"fp32", "all-int8", "prune-0.25-int8", "prune-0.5-int8", "prune-0.75-int8"} <= references
+    # depth is searched by default: one knob per segment holding a C3k2/C2PSA block, asked of the sampled trial
+    record = study_record(study)
+    assert set(record["depth_units"]) == {f"model.{i}" for i in (2, 4, 6, 8, 10, 13, 16, 19, 22)}
+    assert record["dimensions"]["depth"] == 8 and "8 depths" in smoke_study.stdout
+    sampled = [t for t in trials if "reference" not in t.user_attrs]
+    assert sampled and all(sum(name.startswith("depth.") for name in t.params) == 8 for t in sampled)
     assert "[trial 7/7]" in smoke_study.stdout and "best policy under the budget exported" in smoke_study.stdout
     assert "front re-timed together with the baseline" in smoke_study.stdout and "speedup (95%)" in smoke_study.stdout
 
@@ -146,7 +152,7 @@ def test_export_bundle_validates_and_reproduces(smoke_study, tmp_path):
 
     policy = Policy.from_yaml(out / "policy.yaml")
     baseline, _ = load_checkpoint(REPO_BASELINE)
-    pruned = apply_pruning(baseline, policy.pruning, imgsz=record["imgsz"])
+    pruned = apply_pruning(baseline, policy.pruning, imgsz=record["imgsz"], depth=policy.depth)
     images = sorted((Path(record["data_yaml"]).parent / "images" / "train").glob("*.jpg"))[:4]
     again = build_artifact(
         pruned.model,

@@ -11,7 +11,7 @@ import pytest
 from search.repair import ROUNDS, Repair, evaluate_or_repair, repair_policy, segment_ratios, shaved
 from search.trial import evaluate_policy
 from spaces.distillation import DistillationSettings
-from spaces.greedy import SegmentCosts
+from spaces.greedy import SegmentCosts, depth_step
 from spaces.policy import Policy
 from spaces.pruning import pruning_units
 from spaces.segments import graph_segments, members
@@ -44,7 +44,7 @@ def budget_between(context, held, tmp_path) -> float:
     free = context(outdir=str(tmp_path / "unbounded"))
     unpruned = Policy(distillation=NO_FINETUNE)
     high = evaluate_policy(unpruned, free).latency_ms
-    low = evaluate_policy(shaved(unpruned, held, {s: 0.75 for s in held}), free).latency_ms
+    low = evaluate_policy(shaved(unpruned, held, {s: 0.75 for s in held}, {}), free).latency_ms
     assert low < 0.8 * high, (low, high)  # pruning must save time here for the test to say anything
     return (low + high) / 2
 
@@ -53,13 +53,23 @@ def test_segment_ratios_and_shaving_never_prune_a_unit_less(held):
     first, second = list(held)[:2]
     unit = held[first][0]
     policy = Policy(pruning={unit: 0.6}, distillation=NO_FINETUNE)
-    ratios = segment_ratios(policy, held)
+    ratios = segment_ratios(policy, held, {})
     assert ratios[first] == (0.6 if len(held[first]) == 1 else 0.0) and ratios[second] == 0.0
-    more = shaved(policy, held, {first: 0.5, second: 0.75})
+    more = shaved(policy, held, {first: 0.5, second: 0.75}, {})
     assert more.pruning[unit] == 0.6  # already beyond the segment's step
     assert all(more.pruning[u] == 0.75 for u in held[second])
     assert all(more.pruning[u] == 0.5 for u in held[first] if u != unit)
     assert more.precision == policy.precision and more.distillation == policy.distillation
+
+
+def test_a_depth_step_reads_and_removes_every_inner_block_of_its_units(held):
+    units = {"model.13": 1, "model.16": 2}
+    deep = {**held, depth_step("neck"): ("model.13", "model.16")}
+    partly = Policy(depth={"model.13": 1, "model.16": 1}, distillation=NO_FINETUNE)
+    assert segment_ratios(partly, deep, units)[depth_step("neck")] == 0.0  # model.16 keeps one of its two
+    more = shaved(partly, deep, {depth_step("neck"): 1.0}, units)
+    assert more.depth == units and segment_ratios(more, deep, units)[depth_step("neck")] == 1.0
+    assert shaved(more, deep, {depth_step("neck"): 0.0}, units).depth == units  # never less than it removed
 
 
 def test_a_proposal_over_the_budget_is_scored_as_its_repair_within_it(context, held, tmp_path):

@@ -17,6 +17,7 @@ from search.checkpoint import load_baseline
 from search.embedded.baseline import REPO_BASELINE
 from search.embedded.data import DatasetSpec, generate_dataset
 from search.sensitivity import analyze_sensitivity
+from spaces.depth import depth_units
 from spaces.onnx_export import export_onnx
 from spaces.precision import build_artifact
 from spaces.pruning import MAX_RATIO, apply_pruning, pruning_units
@@ -61,6 +62,7 @@ def measured(model, data_yaml, calibration, tmp_path_factory) -> Sensitivity:
 def test_real_run_fills_structure(measured, model):
     assert set(measured.pruning) == set(UNITS)
     assert set(measured.int8) == set(UNITS)
+    assert set(measured.depth) == set(UNITS) & set(depth_units(model))
     for unit in UNITS:
         assert list(measured.pruning[unit]) == [0.5]
     assert measured.settings.ratios == (0.5,) and measured.settings.max_images == 8
@@ -91,6 +93,9 @@ def test_each_point_is_the_map_of_its_own_artifact(measured, model, data_yaml, c
     assert measured.base_map == score(base) > 0
     assert measured.pruning["model.2"][0.5] == score(half) != measured.base_map
     assert measured.int8["model.2"] == score(int8) != measured.base_map
+    shallow = apply_pruning(model, {}, imgsz=IMGSZ, depth={"model.2": 1})
+    without = export_onnx(shallow.model, tmp_path / "shallow.onnx", imgsz=IMGSZ, names=model.names)
+    assert measured.depth["model.2"] == score(without) != measured.base_map
 
 
 def test_workdir_keeps_only_the_reference(model, data_yaml, tmp_path):
@@ -104,8 +109,9 @@ def test_workdir_keeps_only_the_reference(model, data_yaml, tmp_path):
         units=["model.2"],
         workdir=tmp_path,
         progress=True,
+        depth=False,
     )
-    assert result.int8 == {} and list(result.pruning) == ["model.2"]
+    assert result.int8 == {} and list(result.pruning) == ["model.2"] and result.depth == {}
     assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["base.onnx"]
 
 

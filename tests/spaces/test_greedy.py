@@ -4,10 +4,13 @@ import pytest
 
 from spaces.greedy import (
     SegmentCosts,
+    depth_losses,
+    depth_step,
     estimated_loss,
     estimated_ms,
     first_fit,
     greedy_path,
+    policy_parts,
     segment_losses,
     viable_prefix,
 )
@@ -94,3 +97,32 @@ def test_segment_costs_survive_json():
 
     costs = SegmentCosts(SAVINGS, LOSSES, {"stem": ("model.0",), "neck": ("model.13", "model.16"), "head": ()})
     assert SegmentCosts.from_dict(json.loads(json.dumps(costs.to_dict()))) == costs
+
+
+def test_a_depth_step_is_taken_when_it_buys_the_most_time_per_loss_and_becomes_the_policys_depth():
+    held = {"stem": ("model.0", "model.2"), "neck": ("model.13",), "head": ("model.23",)}
+    deep = {depth_step("stem"): ("model.2",), depth_step("neck"): ("model.13", "model.16")}
+    # the stem's inner block costs much untuned; the neck's two little, and save more than the neck's channels
+    losses = {**LOSSES, **depth_losses(0.4, {"model.2": 0.1, "model.13": 0.35, "model.16": 0.41}, deep)}
+    assert losses[depth_step("stem")] == {1.0: pytest.approx(0.3)}
+    assert losses[depth_step("neck")] == {1.0: pytest.approx(0.05)}  # 0.05 + 0 (a gain counts as 0)
+    savings = {**SAVINGS, depth_step("stem"): {1.0: 2.0}, depth_step("neck"): {1.0: 2.0}}
+    path = greedy_path(savings, losses)
+    # the neck's channels (free, 0.5 ms for 0.01 at 0.75), then its depth (2 ms for 0.05), then the stem's steps
+    assert [(p["neck"], p[depth_step("neck")], p["stem"]) for p in path[:4]] == [
+        (0.25, 0, 0),
+        (0.5, 0, 0),
+        (0.75, 0, 0),
+        (0.75, 1.0, 0),
+    ]
+    pruning, depth = policy_parts({**held, **deep}, path[3], {"model.2": 1, "model.13": 1, "model.16": 2})
+    assert pruning == {"model.13": 0.75} and depth == {"model.13": 1, "model.16": 2}  # a step removes all of them
+    assert policy_parts({**held, **deep}, path[-1], {"model.2": 1, "model.13": 1, "model.16": 2})[1]["model.2"] == 1
+
+
+def test_a_depth_step_without_a_measured_loss_is_never_taken():
+    deep = {depth_step("neck"): ("model.13", "model.16")}
+    assert depth_losses(0.4, {"model.13": 0.39}, deep) == {}  # model.16 was never measured
+    savings = {"neck": {0.25: 0.5}, depth_step("neck"): {1.0: 5.0}}
+    path = greedy_path(savings, {"neck": {0.25: 0.0}})
+    assert path == [{"neck": 0.25, depth_step("neck"): 0.0}]

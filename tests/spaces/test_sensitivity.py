@@ -64,6 +64,7 @@ def hand_built(fingerprint: str = "0" * 16) -> Sensitivity:
         settings=settings(),
         fingerprint=fingerprint,
         seconds=12.5,
+        depth={"a": 0.3, "c": 0.5},
     )
 
 
@@ -75,6 +76,8 @@ def test_round_trip(model, tmp_path):
     assert Sensitivity.load(path, model=model) == record
     assert Sensitivity.from_dict(json.loads(json.dumps(record.to_dict()))) == record
     assert json.loads(path.read_text())["pruning"]["a"] == {"0.25": 0.49, "0.5": 0.47, "0.75": 0.4}
+    stored_before_depth = {k: v for k, v in record.to_dict().items() if k != "depth"}
+    assert Sensitivity.from_dict(stored_before_depth).depth == {}
 
 
 def test_load_rejects_other_weights_and_bad_files(model, tmp_path):
@@ -152,8 +155,9 @@ def test_drops_and_table():
     assert s.int8_drop("b") == pytest.approx(0.05)
     table = s.table().splitlines()
     assert table[0] == "base mAP50-95 0.5000; drops below (base - measured)"
-    assert table[1].split() == ["unit", "prune", "0.25", "prune", "0.5", "prune", "0.75", "int8"]
-    assert table[2].split() == ["a", "0.0100", "0.0300", "0.1000", "0.0010"]
+    assert table[1].split() == ["unit", "prune", "0.25", "prune", "0.5", "prune", "0.75", "int8", "no", "inner"]
+    assert table[2].split() == ["a", "0.0100", "0.0300", "0.1000", "0.0010", "0.2000"]
+    assert table[3].split()[-1] == "-"  # b: not measured without its inner blocks
     assert len(table) == 2 + 4
 
 
