@@ -39,7 +39,7 @@ Artifacts are timing-only builds (few calibration images, no bias correction: th
 structure, hence the latency, of the full build) under `<ctx.outdir>/guided/`. A start is
 named `guided-<fraction>x` (its target as a fraction of L0) and fine-tuned like the
 uniform pruned references. Costs one build per (segment, ratio) plus a few per target: on
-YOLO11n (11 segments) 33 builds of a few seconds each at 192 px, then a short session per segment and
+YOLO11n (11 segments, 8 with depth units) 33 + 8 builds of a few seconds each at 192 px, then a short session per segment and
 up to `VERIFY_ROUNDS` sessions of a few policies each.
 """
 
