@@ -43,6 +43,7 @@ from spaces.policy import Policy
 from spaces.precision import uniform_precisions
 from spaces.pruning import pruning_units, uniform_ratios
 from spaces.segments import Segment, graph_segments
+from spaces.sensitivity import Sensitivity, depth_units_within, ratio_ranges_from, sensitivity_path
 from spaces.space import SearchSpace
 
 
@@ -189,7 +190,7 @@ def prepare(
         # a resumed study keeps the references it was created with (a record without one: the speed order)
         fastest=record.get("fastest_precision", "") if record is not None else device.fastest_precision,
         activations=config.activations,
-        depth_units=_depth_units(config, model, record),
+        depth_units=_depth_units(config, checkpoint, model, record),
     )
     timing = TimingSettings(min_seconds=config.latency_min_seconds)
     if record is not None:
@@ -236,12 +237,17 @@ def _segments(config: StudyConfig, model, record: dict | None) -> tuple[Segment,
     return graph_segments(model, config.imgsz) if config.space == "segments" else ()
 
 
-def _depth_units(config: StudyConfig, model, record: dict | None) -> dict[str, int]:
+def _depth_units(config: StudyConfig, checkpoint: Path, model, record: dict | None) -> dict[str, int]:
     """The blocks a policy may make shallower (`spaces.depth.depth_units`): a resumed study's recorded ones (none in a
-    record from before depth was searched: it keeps its space), else the model's where `config.depth` allows."""
+    record from before depth was searched: it keeps its space), else the model's where `config.depth` allows, less
+    those whose stored sensitivity drop exceeds `sensitivity_max_drop` where the config sets it."""
     if record is not None:
         return dict(record.get("depth_units", {}))
-    return depth_units(model) if config.depth else {}
+    if not config.depth:
+        return {}
+    units = depth_units(model)
+    measured = stored_sensitivity(config, checkpoint, model)
+    return units if measured is None else depth_units_within(measured, units, config.sensitivity_max_drop)
 
 
 def stored_context(study, storage_url: str) -> TrialContext:
@@ -294,10 +300,16 @@ def sensitivity_ranges(config: StudyConfig, checkpoint: Path, model) -> dict:
 
     UserError if it is missing, or was measured with another pruning importance or round_to than the study's.
     """
-    if config.sensitivity_max_drop is None:
-        return {}
-    from spaces.sensitivity import Sensitivity, ratio_ranges_from, sensitivity_path
+    measured = stored_sensitivity(config, checkpoint, model)
+    return {} if measured is None else ratio_ranges_from(measured, config.sensitivity_max_drop)
 
+
+def stored_sensitivity(config: StudyConfig, checkpoint: Path, model):
+    """The model's stored `spaces.sensitivity.Sensitivity` where the config narrows the space by it
+    (`sensitivity_max_drop`), else None. UserError if it is missing, or was measured with another pruning
+    importance or round_to than the study's."""
+    if config.sensitivity_max_drop is None:
+        return None
     path = sensitivity_path(checkpoint)
     if not path.is_file():
         raise UserError(
@@ -310,4 +322,4 @@ def sensitivity_ranges(config: StudyConfig, checkpoint: Path, model) -> dict:
             f"{path} was measured with pruning importance {used[0]} and round_to {used[1]}, but the study prunes with "
             f"{config.pruning_importance} and {config.pruning_round_to}; run `squeezefit sensitivity` again."
         )
-    return ratio_ranges_from(measured, config.sensitivity_max_drop)
+    return measured

@@ -9,7 +9,8 @@ module holds the result and what the search space derives from it.
 
 A result is stored with the model it describes (`sensitivity_path(checkpoint)`) and
 carries the model's fingerprint (a hash of its weights), so a stale file is detected.
-The search uses it through `ratio_ranges_from`, which narrows each unit's pruning range.
+The search uses it through `ratio_ranges_from`, which narrows each unit's pruning range, and
+`depth_units_within`, which keeps the blocks whose inner blocks can go.
 
 With few images the mAP is noisy (a drop of 0.005 on 64 images is within noise), so
 thresholds much below that mean little.
@@ -226,3 +227,16 @@ def ratio_ranges_from(
             unit_high = low + step * math.floor((unit_high - low) / step + 1e-9)
         ranges[unit] = (low, round(max(low, unit_high), 4), step)
     return ranges
+
+
+def depth_units_within(sensitivity: Sensitivity, units: Mapping[str, int], max_drop: float = 0.02) -> dict[str, int]:
+    """The depth units of `units` (unit -> inner blocks, `spaces.depth.depth_units`) a search may make shallower:
+    those whose untuned mAP50-95 drop without their inner blocks (`Sensitivity.depth`) stays <= `max_drop`, and
+    those never measured (nothing argues against them), as `ratio_ranges_from` keeps an unmeasured unit's range."""
+    if max_drop < 0:
+        raise UserError(f"max_drop must be >= 0 (a mAP50-95 drop in [0, 1]), got {max_drop}.")
+    return {
+        unit: count
+        for unit, count in units.items()
+        if unit not in sensitivity.depth or sensitivity.base_map - sensitivity.depth[unit] <= max_drop + _TOLERANCE
+    }

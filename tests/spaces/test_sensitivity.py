@@ -20,6 +20,7 @@ from spaces.sensitivity import (
     MIN_HIGH,
     Sensitivity,
     SensitivitySettings,
+    depth_units_within,
     model_fingerprint,
     ratio_ranges_from,
     sensitivity_path,
@@ -170,3 +171,12 @@ def test_bad_arguments_of_ratio_ranges_from():
         ratio_ranges_from(hand_built(), low=0.5, high=0.25)
     with pytest.raises(UserError, match="step"):
         ratio_ranges_from(hand_built(), step=0.0)
+
+
+def test_only_blocks_whose_inner_blocks_cost_little_untuned_are_searched_shallower():
+    s = hand_built()  # base 0.50; without their inner blocks: a 0.30 (drop 0.2), c 0.50 (drop 0)
+    units = {"a": 1, "c": 2, "e": 1}  # e was never measured
+    assert depth_units_within(s, units, max_drop=0.02) == {"c": 2, "e": 1}
+    assert depth_units_within(s, units, max_drop=0.2) == units  # a drop of exactly max_drop passes
+    with pytest.raises(UserError, match="max_drop"):
+        depth_units_within(s, units, max_drop=-0.1)
