@@ -250,7 +250,7 @@ def test_killed_search_resumes_without_losing_trials(tmp_path):
 def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
     """`--starts guided`: starts timed on the device before the study, stored with it, enqueued after the references."""
     from search.guided import GRID, GuidedStart
-    from spaces.greedy import SegmentCosts
+    from spaces.greedy import DEPTH_GRID, DEPTH_SUFFIX, SegmentCosts
     from spaces.segments import INPUT_SEGMENT, graph_segments, precision_segments, segment_of
 
     storage = f"sqlite:///{tmp_path}/studies.db"
@@ -265,7 +265,9 @@ def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
     # what they were found with is stored for the repair of sampled policies over the budget (`search.repair`)
     costs = SegmentCosts.from_dict(record["segment_costs"])
     assert costs.savings.keys() == costs.losses.keys() == costs.held.keys() and len(costs.held) > 1
-    assert all(set(table) == set(GRID) for table in [*costs.savings.values(), *costs.losses.values()])
+    deep = {s for s in costs.held if s.endswith(DEPTH_SUFFIX)}  # a segment's inner blocks removed: one grid point
+    assert deep and all(set(costs.savings[s]) == set(costs.losses[s]) == set(DEPTH_GRID) for s in deep)
+    assert all(set(costs.savings[s]) == set(costs.losses[s]) == set(GRID) for s in costs.held if s not in deep)
     assert "a sampled policy over the budget is repaired" in result.stdout
     from search.checkpoint import load_baseline
 
@@ -280,10 +282,12 @@ def test_guided_starts_are_measured_fit_their_targets_and_run_first(tmp_path):
             if segment_of(precision_segments(segments), u).name != INPUT_SEGMENT
         }
         assert len(inner) == 1, start.policy.precision
-        assert start.policy.pruning or len(set(start.policy.precision.values())) > 1, name  # unpruned: no reference
-        for unit, ratio in start.policy.pruning.items():  # one ratio per segment
-            segment = segment_of(segments, unit)
-            assert all(r == ratio for u, r in start.policy.pruning.items() if segment_of(segments, u) == segment)
+        shallower = start.policy.pruning or start.policy.depth
+        assert shallower or len(set(start.policy.precision.values())) > 1, name  # unpruned: no reference
+        for knob in (start.policy.pruning, start.policy.depth):  # one ratio, one depth per segment
+            for unit, value in knob.items():
+                segment = segment_of(segments, unit)
+                assert all(v == value for u, v in knob.items() if segment_of(segments, u) == segment)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     ran = [t.user_attrs.get("reference") for t in trials]
     references = [r for r in ran if r and not r.startswith("guided-")]
